@@ -1,0 +1,153 @@
+/* SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR MIT) */
+/*
+ * UAPI of the virtio-accel accel node (/dev/accel/accelN).
+ *
+ * Buffers are GEM objects backed by guest pages; the device reads and
+ * writes them in place. Jobs signal DRM syncobjs; wait on them with
+ * DRM_IOCTL_SYNCOBJ_WAIT, or on a buffer with DRM_IOCTL_VACCEL_BO_WAIT.
+ *
+ * Kept identical to guest-shim/src/uapi.rs by guest-shim/tests/c_layout.rs.
+ */
+#ifndef _UAPI_VIRTIO_ACCEL_DRM_H
+#define _UAPI_VIRTIO_ACCEL_DRM_H
+
+#include "drm.h"
+
+#if defined(__cplusplus)
+extern "C" {
+#endif
+
+#define DRM_VACCEL_GET_CAPS	0x00
+#define DRM_VACCEL_BO_CREATE	0x01
+#define DRM_VACCEL_BO_INFO	0x02
+#define DRM_VACCEL_SUBMIT	0x03
+#define DRM_VACCEL_BO_WAIT	0x04
+
+#define DRM_IOCTL_VACCEL_GET_CAPS \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_GET_CAPS, struct drm_vaccel_caps)
+#define DRM_IOCTL_VACCEL_BO_CREATE \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_BO_CREATE, struct drm_vaccel_bo_create)
+#define DRM_IOCTL_VACCEL_BO_INFO \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_BO_INFO, struct drm_vaccel_bo_info)
+#define DRM_IOCTL_VACCEL_SUBMIT \
+	DRM_IOW(DRM_COMMAND_BASE + DRM_VACCEL_SUBMIT, struct drm_vaccel_submit)
+#define DRM_IOCTL_VACCEL_BO_WAIT \
+	DRM_IOW(DRM_COMMAND_BASE + DRM_VACCEL_BO_WAIT, struct drm_vaccel_bo_wait)
+
+/**
+ * struct drm_vaccel_caps - capabilities of the NPU behind the node
+ * @capset: (in) capability set index; 0 is the only one defined
+ * @pad: (in) must be zero
+ * @npu_kind: VIRTIO_ACCEL_NPU_* of the device
+ * @npu_version: major << 16 | minor
+ * @cmd_format: VIRTIO_ACCEL_CMD_FORMAT_*
+ * @cmd_format_version: version of the command-stream format
+ * @max_bo_size: largest buffer object in bytes
+ * @max_cmd_size: largest command stream in bytes
+ * @max_submit_bos: largest buffer list of one submit
+ * @max_in_syncobjs: largest in-syncobj list of one submit
+ * @features: virtio-accel feature bits the driver negotiated
+ * @pad2: zero
+ * @ops: bitmask of supported operations of the command-stream format
+ * @name: NUL-padded NPU name
+ */
+struct drm_vaccel_caps {
+	__u32 capset;
+	__u32 pad;
+	__u32 npu_kind;
+	__u32 npu_version;
+	__u32 cmd_format;
+	__u32 cmd_format_version;
+	__u64 max_bo_size;
+	__u32 max_cmd_size;
+	__u32 max_submit_bos;
+	__u32 max_in_syncobjs;
+	__u32 features;
+	__u64 ops;
+	char name[32];
+};
+
+/**
+ * struct drm_vaccel_bo_create - create a buffer object
+ * @size: (in) size in bytes, rounded up to a page
+ * @flags: (in) must be zero
+ * @handle: (out) GEM handle
+ */
+struct drm_vaccel_bo_create {
+	__u64 size;
+	__u32 flags;
+	__u32 handle;
+};
+
+/**
+ * struct drm_vaccel_bo_info - query a buffer object
+ * @handle: (in) GEM handle
+ * @pad: (in) must be zero
+ * @size: (out) size in bytes
+ * @mmap_offset: (out) offset to pass to mmap() on the node
+ */
+struct drm_vaccel_bo_info {
+	__u32 handle;
+	__u32 pad;
+	__u64 size;
+	__u64 mmap_offset;
+};
+
+#define DRM_VACCEL_BO_READ	(1 << 0)
+#define DRM_VACCEL_BO_WRITE	(1 << 1)
+
+/**
+ * struct drm_vaccel_submit_bo - a buffer a job touches
+ * @handle: GEM handle
+ * @access: DRM_VACCEL_BO_READ and/or DRM_VACCEL_BO_WRITE
+ */
+struct drm_vaccel_submit_bo {
+	__u32 handle;
+	__u32 access;
+};
+
+/**
+ * struct drm_vaccel_submit - submit a job
+ * @bos: pointer to @nr_bos struct drm_vaccel_submit_bo; the command stream
+ *	names buffers by their index in this list
+ * @in_syncobjs: pointer to @nr_in_syncobjs __u32 syncobj handles the job
+ *	waits for
+ * @cmd_bo: GEM handle of the buffer holding the command stream
+ * @cmd_offset: offset of the command stream in @cmd_bo
+ * @cmd_size: size of the command stream
+ * @nr_bos: entries in @bos
+ * @nr_in_syncobjs: entries in @in_syncobjs
+ * @out_syncobj: syncobj that receives the job's fence; zero for none
+ * @flags: must be zero
+ * @pad: must be zero
+ */
+struct drm_vaccel_submit {
+	__u64 bos;
+	__u64 in_syncobjs;
+	__u32 cmd_bo;
+	__u32 cmd_offset;
+	__u32 cmd_size;
+	__u32 nr_bos;
+	__u32 nr_in_syncobjs;
+	__u32 out_syncobj;
+	__u32 flags;
+	__u32 pad;
+};
+
+/**
+ * struct drm_vaccel_bo_wait - wait until no job uses a buffer
+ * @handle: GEM handle
+ * @pad: must be zero
+ * @timeout_ns: absolute CLOCK_MONOTONIC timeout
+ */
+struct drm_vaccel_bo_wait {
+	__u32 handle;
+	__u32 pad;
+	__s64 timeout_ns;
+};
+
+#if defined(__cplusplus)
+}
+#endif
+
+#endif /* _UAPI_VIRTIO_ACCEL_DRM_H */

@@ -1,0 +1,76 @@
+//! The specification must describe everything the protocol crate defines.
+
+use virtio_accel_protocol::*;
+
+fn spec() -> String {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/virtio-accel.md");
+    std::fs::read_to_string(p).expect("spec/virtio-accel.md")
+}
+
+fn headings(spec: &str) -> Vec<&str> {
+    spec.lines().filter(|l| l.starts_with('#')).collect()
+}
+
+#[test]
+fn every_request_type_has_a_spec_section() {
+    let s = spec();
+    let h = headings(&s);
+    let missing: Vec<_> = REQUEST_TYPES
+        .iter()
+        .filter(|(v, name)| {
+            !h.iter()
+                .any(|l| l.contains(name) && l.contains(&format!("{v:#06x}")))
+        })
+        .map(|(_, n)| *n)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no spec heading naming {missing:?} with its value"
+    );
+}
+
+#[test]
+fn every_status_feature_and_event_is_specified() {
+    let s = spec();
+    let mut names: Vec<String> = RESPONSE_STATUSES
+        .iter()
+        .map(|(v, n)| format!("{n} | {v:#06x}"))
+        .collect();
+    names.extend(
+        [
+            ("VIRTIO_ACCEL_F_INLINE_CMD", VIRTIO_ACCEL_F_INLINE_CMD),
+            ("VIRTIO_ACCEL_F_IOCTL", VIRTIO_ACCEL_F_IOCTL),
+            (
+                "VIRTIO_ACCEL_F_CROSS_CTX_FENCE",
+                VIRTIO_ACCEL_F_CROSS_CTX_FENCE,
+            ),
+            ("VIRTIO_ACCEL_F_SHM_BLOB", VIRTIO_ACCEL_F_SHM_BLOB),
+        ]
+        .iter()
+        .map(|(n, v)| format!("{v} | {n}")),
+    );
+    names.push(format!(
+        "VIRTIO_ACCEL_EVENT_CONTEXT_LOST | {VIRTIO_ACCEL_EVENT_CONTEXT_LOST:#06x}"
+    ));
+    let missing: Vec<_> = names.iter().filter(|n| !s.contains(n.as_str())).collect();
+    assert!(missing.is_empty(), "spec tables lack {missing:?}");
+}
+
+#[test]
+fn every_snpu_opcode_is_specified() {
+    use virtio_accel_protocol::snpu::*;
+    let s = spec();
+    for (v, n) in [
+        (SNPU_OP_NOP, "NOP"),
+        (SNPU_OP_COPY, "COPY"),
+        (SNPU_OP_ADD, "ADD"),
+        (SNPU_OP_MUL, "MUL"),
+        (SNPU_OP_RELU, "RELU"),
+        (SNPU_OP_SOFTMAX, "SOFTMAX"),
+        (SNPU_OP_MATMUL, "MATMUL"),
+        (SNPU_OP_CONV2D, "CONV2D"),
+    ] {
+        let row = format!("| {v} | SNPU_OP_{n} |");
+        assert!(s.contains(&row), "appendix lacks row `{row}`");
+    }
+}

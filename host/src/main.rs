@@ -1,1 +1,100 @@
-fn main() {}
+//! `vhost-device-accel`: serves virtio-accel devices to VMs over vhost-user.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use tracing_subscriber::EnvFilter;
+use vhost_device_accel::{Config, Server};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Driver {
+    /// The built-in software NPU.
+    Sim,
+}
+
+#[derive(Parser, Debug)]
+#[command(version, about = "virtio-accel vhost-user device backend")]
+struct Args {
+    /// Unix socket to serve one VM on; repeat for more VMs.
+    #[arg(long = "socket-path", required_unless_present = "socket_count")]
+    socket_path: Vec<PathBuf>,
+    /// Serve N VMs on sockets PREFIX0 .. PREFIX{N-1} (with --socket-prefix).
+    #[arg(long, requires = "socket_prefix")]
+    socket_count: Option<u32>,
+    /// Path prefix for --socket-count.
+    #[arg(long)]
+    socket_prefix: Option<String>,
+    /// NPU driver the device forwards jobs to.
+    #[arg(long, value_enum, default_value = "sim")]
+    driver: Driver,
+    /// TOML file with limits, workers, job timeout and fault injection.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Fail these jobs (1-based, counted over all VMs); software NPU only.
+    #[arg(long, value_delimiter = ',')]
+    fail_jobs: Vec<u64>,
+    /// Hang these jobs until the job timeout; software NPU only.
+    #[arg(long, value_delimiter = ',')]
+    hang_jobs: Vec<u64>,
+    /// Add this many microseconds to every job; software NPU only.
+    #[arg(long)]
+    latency_us: Option<u64>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(&args.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = match &args.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("vhost-device-accel: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default(),
+    };
+    let faults = &mut config.sim.faults;
+    faults.fail_jobs.extend(&args.fail_jobs);
+    faults.hang_jobs.extend(&args.hang_jobs);
+    if let Some(l) = args.latency_us {
+        faults.latency_us = l;
+    }
+    let mut sockets = args.socket_path.clone();
+    if let (Some(n), Some(prefix)) = (args.socket_count, &args.socket_prefix) {
+        sockets.extend((0..n).map(|i| PathBuf::from(format!("{prefix}{i}"))));
+    }
+    let server = match args.driver {
+        Driver::Sim => Server::new_sim(config),
+    };
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vhost-device-accel: signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for s in &sockets {
+        tracing::info!("serving {}", s.display());
+        server.spawn(s.clone());
+    }
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!("signal {sig}: shutting down");
+    }
+    // Jobs are abandoned with the process; VMs see their sockets close.
+    for s in &sockets {
+        let _ = std::fs::remove_file(s);
+    }
+    server.shutdown();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,190 @@
+//! Daemon configuration: limits each VM gets, the job watchdog and the
+//! software NPU's fault injection. Loaded from TOML; every field optional.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use virtio_accel_protocol::*;
+
+use crate::driver::sim::Faults;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Limits per VM (per socket), advertised in the device configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_contexts: u32,
+    pub max_bo_size: u64,
+    /// Sum of the sizes of all of a VM's buffers.
+    pub max_total_bo_bytes: u64,
+    pub max_bos: u32,
+    pub max_cmd_size: u32,
+    pub max_inline_cmd_size: u32,
+    pub max_submit_bos: u32,
+    pub max_in_fences: u32,
+    pub max_sg_entries: u32,
+    pub max_jobs_in_flight: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_contexts: 64,
+            max_bo_size: 256 << 20,
+            max_total_bo_bytes: 1 << 30,
+            max_bos: 4096,
+            max_cmd_size: 1 << 20,
+            max_inline_cmd_size: 4096,
+            max_submit_bos: 256,
+            max_in_fences: 32,
+            max_sg_entries: 65536,
+            max_jobs_in_flight: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    pub faults: Faults,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub limits: Limits,
+    /// NPU worker threads shared by all VMs.
+    pub workers: usize,
+    /// A job running longer than this is a hang: its context is lost.
+    pub job_timeout_ms: u64,
+    /// Size of each virtqueue the daemon accepts.
+    pub queue_size: usize,
+    pub sim: SimConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            workers: 1,
+            job_timeout_ms: 5000,
+            queue_size: 1024,
+            sim: SimConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let c: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p, source })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the limits against the protocol's ceilings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let checks = [
+            (
+                "max_sg_entries",
+                l.max_sg_entries,
+                VIRTIO_ACCEL_MAX_SG_ENTRIES,
+            ),
+            (
+                "max_submit_bos",
+                l.max_submit_bos,
+                VIRTIO_ACCEL_MAX_SUBMIT_BOS,
+            ),
+            ("max_in_fences", l.max_in_fences, VIRTIO_ACCEL_MAX_IN_FENCES),
+            (
+                "max_inline_cmd_size",
+                l.max_inline_cmd_size,
+                VIRTIO_ACCEL_MAX_INLINE_CMD,
+            ),
+        ];
+        for (name, v, max) in checks {
+            if v > max {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{name} = {v} is above the protocol ceiling {max}"
+                )));
+            }
+        }
+        if self.workers == 0 || self.workers > 64 {
+            return Err(ConfigError::Invalid("workers must be 1 to 64".into()));
+        }
+        if !self.queue_size.is_power_of_two() || self.queue_size > 32768 {
+            return Err(ConfigError::Invalid(
+                "queue_size must be a power of two up to 32768".into(),
+            ));
+        }
+        if l.max_contexts == 0 || l.max_jobs_in_flight == 0 || l.max_bo_size == 0 {
+            return Err(ConfigError::Invalid(
+                "max_contexts, max_jobs_in_flight and max_bo_size must be nonzero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The device configuration space for these limits.
+    pub fn device_config(&self) -> virtio_accel_protocol::Config {
+        let l = &self.limits;
+        virtio_accel_protocol::Config {
+            num_capsets: 1.into(),
+            max_contexts: l.max_contexts.into(),
+            max_bo_size: l.max_bo_size.into(),
+            max_cmd_size: l.max_cmd_size.into(),
+            max_inline_cmd_size: l.max_inline_cmd_size.into(),
+            max_submit_bos: l.max_submit_bos.into(),
+            max_in_fences: l.max_in_fences.into(),
+            max_sg_entries: l.max_sg_entries.into(),
+            max_jobs_in_flight: l.max_jobs_in_flight.into(),
+            shm_id: 0,
+            padding: [0; 7],
+        }
+    }
+
+    /// The decoder limits for these limits.
+    pub fn decode_limits(&self) -> virtio_accel_protocol::Limits {
+        virtio_accel_protocol::Limits {
+            max_sg_entries: self.limits.max_sg_entries,
+            max_submit_bos: self.limits.max_submit_bos,
+            max_in_fences: self.limits.max_in_fences,
+            max_inline_cmd: self.limits.max_inline_cmd_size,
+            max_ioctl_payload: VIRTIO_ACCEL_MAX_IOCTL_PAYLOAD,
+        }
+    }
+
+    /// Largest request the daemon reads from a chain; anything longer is
+    /// refused by the decoder without being read whole.
+    pub fn max_request_bytes(&self) -> usize {
+        let l = &self.limits;
+        let attach = 24 + 16 * l.max_sg_entries as usize;
+        let submit = 56
+            + 8 * l.max_submit_bos as usize
+            + 16 * l.max_in_fences as usize
+            + l.max_inline_cmd_size as usize;
+        let ioctl = 32 + VIRTIO_ACCEL_MAX_IOCTL_PAYLOAD as usize;
+        attach.max(submit).max(ioctl)
+    }
+}

@@ -1,0 +1,82 @@
+//! One guest context: its buffer objects, its fence timeline and its job
+//! queue. Handles are per context; nothing here is visible to another.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use crate::driver::{CtxCounters, Prepared};
+use crate::memory::Backing;
+
+/// A buffer object. Its bytes are the guest pages of its backing.
+#[derive(Debug)]
+pub struct Bo {
+    pub size: u64,
+    pub flags: u32,
+    pub backing: Option<Arc<Backing>>,
+    /// Queued or running jobs that list this buffer.
+    pub busy: u32,
+}
+
+/// A context's fence timeline: seqnos are assigned by the guest and only
+/// grow; completing N completes everything up to N.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timeline {
+    pub last_submitted: u64,
+    pub completed: u64,
+}
+
+/// A validated job waiting for its turn.
+pub struct Job {
+    /// The glue's handle on the parked descriptor chain.
+    pub token: u64,
+    pub out_fence: u64,
+    pub prepared: Arc<Prepared>,
+    /// `(handle, backing)` of each listed buffer, in the job's index order.
+    pub bos: Vec<(u32, Arc<Backing>)>,
+    /// `(context, seqno)` fences still to signal before the job may run.
+    pub in_fences: Vec<(u32, u64)>,
+}
+
+pub struct Context {
+    pub priority: u32,
+    pub bos: BTreeMap<u32, Bo>,
+    next_bo: u32,
+    pub timeline: Timeline,
+    pub queue: VecDeque<Job>,
+    /// The job on the NPU now, if any.
+    pub running: Option<Job>,
+    /// Why the context was lost, once it was.
+    pub lost: Option<u32>,
+    pub counters: CtxCounters,
+}
+
+impl Context {
+    pub fn new(priority: u32) -> Context {
+        Context {
+            priority,
+            bos: BTreeMap::new(),
+            next_bo: 1,
+            timeline: Timeline::default(),
+            queue: VecDeque::new(),
+            running: None,
+            lost: None,
+            counters: CtxCounters::default(),
+        }
+    }
+
+    /// A fresh nonzero handle not in use in this context.
+    pub fn alloc_handle(&mut self) -> u32 {
+        loop {
+            let h = self.next_bo;
+            self.next_bo = self.next_bo.wrapping_add(1).max(1);
+            if !self.bos.contains_key(&h) {
+                return h;
+            }
+        }
+    }
+
+    /// Jobs queued or running.
+    pub fn jobs(&self) -> usize {
+        self.queue.len() + usize::from(self.running.is_some())
+    }
+}

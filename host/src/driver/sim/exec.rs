@@ -1,0 +1,331 @@
+//! Execution of validated SNPU programs.
+//!
+//! Inputs are gathered from guest buffers into dense working arrays (the
+//! NPU's local memory), computed with `ndarray` (GEMM through
+//! matrixmultiply), and outputs written back to the guest buffers. COPY
+//! moves bytes buffer to buffer without a working array. Every access was
+//! bounds-checked before the job started; the checks here only turn an
+//! unexpected failure into a job error, never a panic.
+
+use std::time::Instant;
+
+use ndarray::{Array2, ArrayView2};
+use virtio_accel_protocol::snpu::{DType, OpDesc, Program, Quant, TensorDesc};
+
+use crate::driver::DriverError;
+use crate::memory::{BoMem, MemError};
+
+fn mem_err(e: MemError) -> DriverError {
+    DriverError::OutOfRange(e.to_string())
+}
+
+/// Runs `program`; returns the number of ops executed.
+pub(super) fn run(
+    program: &Program,
+    bos: &[BoMem<'_>],
+    deadline: Instant,
+) -> Result<u64, DriverError> {
+    for op in &program.ops {
+        if Instant::now() > deadline {
+            return Err(DriverError::Hang);
+        }
+        run_op(op, bos)?;
+    }
+    Ok(program.ops.len() as u64)
+}
+
+fn bo<'a, 'm>(bos: &'a [BoMem<'m>], t: &TensorDesc) -> Result<&'a BoMem<'m>, DriverError> {
+    bos.get(t.bo_index as usize)
+        .ok_or_else(|| DriverError::OutOfRange(format!("buffer index {}", t.bo_index)))
+}
+
+/// Visits the element offsets of `t` in row-major order, in runs: calls
+/// `f(byte_offset, elements)` for each run of elements adjacent in memory.
+fn for_runs(
+    t: &TensorDesc,
+    mut f: impl FnMut(u64, usize) -> Result<(), DriverError>,
+) -> Result<(), DriverError> {
+    if t.elems() == 0 {
+        return Ok(());
+    }
+    let r = t.rank;
+    let inner = t.dims[r - 1] as usize;
+    let contiguous = t.strides[r - 1] == 1 || inner == 1;
+    let es = t.dtype.size();
+    let mut idx = [0u32; 4];
+    loop {
+        let base: u64 = (0..r - 1)
+            .map(|k| u64::from(idx[k]) * u64::from(t.strides[k]))
+            .sum();
+        if contiguous {
+            f(t.offset + base * es, inner)?;
+        } else {
+            for i in 0..inner as u64 {
+                f(t.offset + (base + i * u64::from(t.strides[r - 1])) * es, 1)?;
+            }
+        }
+        // Advance the outer axes (odometer).
+        let mut k = r - 1;
+        loop {
+            if k == 0 {
+                return Ok(());
+            }
+            k -= 1;
+            idx[k] += 1;
+            if idx[k] < t.dims[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+}
+
+/// Gathers a tensor into dense row-major bytes.
+fn gather(bos: &[BoMem<'_>], t: &TensorDesc) -> Result<Vec<u8>, DriverError> {
+    let m = bo(bos, t)?;
+    let es = t.dtype.size() as usize;
+    let mut out = vec![0u8; t.elems() as usize * es];
+    let mut at = 0;
+    for_runs(t, |off, n| {
+        m.read(off, &mut out[at..at + n * es]).map_err(mem_err)?;
+        at += n * es;
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn gather_f32(bos: &[BoMem<'_>], t: &TensorDesc) -> Result<Vec<f32>, DriverError> {
+    Ok(gather(bos, t)?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn gather_i8(bos: &[BoMem<'_>], t: &TensorDesc) -> Result<Vec<i8>, DriverError> {
+    Ok(gather(bos, t)?.into_iter().map(|b| b as i8).collect())
+}
+
+/// Writes dense row-major values to an output tensor (validated dense).
+fn store(bos: &[BoMem<'_>], t: &TensorDesc, bytes: &[u8]) -> Result<(), DriverError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    bo(bos, t)?.write(t.offset, bytes).map_err(mem_err)
+}
+
+fn store_f32(bos: &[BoMem<'_>], t: &TensorDesc, v: &[f32]) -> Result<(), DriverError> {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    store(bos, t, &bytes)
+}
+
+fn run_op(op: &OpDesc, bos: &[BoMem<'_>]) -> Result<(), DriverError> {
+    match op {
+        OpDesc::Nop => Ok(()),
+        OpDesc::Copy { src, dst } => copy(bos, src, dst),
+        OpDesc::Add { a, b, out } => binary(bos, a, b, out, |x, y| x + y),
+        OpDesc::Mul { a, b, out } => binary(bos, a, b, out, |x, y| x * y),
+        OpDesc::Relu { input, out } => match input.dtype {
+            DType::F32 => {
+                let v: Vec<f32> = gather_f32(bos, input)?
+                    .into_iter()
+                    .map(|x| x.max(0.0))
+                    .collect();
+                store_f32(bos, out, &v)
+            }
+            _ => {
+                let v: Vec<u8> = gather_i8(bos, input)?
+                    .into_iter()
+                    .map(|x| x.max(0) as u8)
+                    .collect();
+                store(bos, out, &v)
+            }
+        },
+        OpDesc::Softmax { input, out } => {
+            let mut v = gather_f32(bos, input)?;
+            let row = input.dims[input.rank - 1] as usize;
+            if row > 0 {
+                for r in v.chunks_mut(row) {
+                    let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for x in r.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    for x in r.iter_mut() {
+                        *x /= sum;
+                    }
+                }
+            }
+            store_f32(bos, out, &v)
+        }
+        OpDesc::MatMul { a, b, out, quant } => matmul(bos, a, b, out, quant.as_ref()),
+        OpDesc::Conv2d {
+            input,
+            filter,
+            bias,
+            out,
+            stride,
+            pad,
+        } => conv2d(bos, input, filter, bias.as_ref(), out, *stride, *pad),
+    }
+}
+
+/// COPY: buffer to buffer, run by run, with no working array.
+fn copy(bos: &[BoMem<'_>], src: &TensorDesc, dst: &TensorDesc) -> Result<(), DriverError> {
+    let (s, d) = (bo(bos, src)?, bo(bos, dst)?);
+    let es = src.dtype.size();
+    let mut at = dst.offset;
+    for_runs(src, |off, n| {
+        let len = n as u64 * es;
+        s.copy_to(off, d, at, len as usize).map_err(mem_err)?;
+        at += len;
+        Ok(())
+    })
+}
+
+/// Dense strides of `t`, aligned to the right of a rank-`rank` space, with
+/// 0 on broadcast axes.
+fn broadcast_strides(t: &TensorDesc, out: &TensorDesc) -> [usize; 4] {
+    let mut s = [0usize; 4];
+    let mut dense = 1usize;
+    for k in (0..t.rank).rev() {
+        let ok = out.rank - t.rank + k;
+        s[ok] = if t.dims[k] == 1 { 0 } else { dense };
+        dense *= t.dims[k] as usize;
+    }
+    s
+}
+
+fn binary(
+    bos: &[BoMem<'_>],
+    a: &TensorDesc,
+    b: &TensorDesc,
+    out: &TensorDesc,
+    f: impl Fn(f32, f32) -> f32,
+) -> Result<(), DriverError> {
+    let (va, vb) = (gather_f32(bos, a)?, gather_f32(bos, b)?);
+    let (sa, sb) = (broadcast_strides(a, out), broadcast_strides(b, out));
+    let n = out.elems() as usize;
+    let mut res = Vec::with_capacity(n);
+    if va.len() == n && vb.len() == n {
+        res.extend(va.iter().zip(&vb).map(|(&x, &y)| f(x, y)));
+    } else {
+        let r = out.rank;
+        let mut idx = [0usize; 4];
+        for _ in 0..n {
+            let (ia, ib) = (0..r).fold((0, 0), |(ia, ib), k| {
+                (ia + idx[k] * sa[k], ib + idx[k] * sb[k])
+            });
+            res.push(f(va[ia], vb[ib]));
+            for k in (0..r).rev() {
+                idx[k] += 1;
+                if idx[k] < out.dims[k] as usize {
+                    break;
+                }
+                idx[k] = 0;
+            }
+        }
+    }
+    store_f32(bos, out, &res)
+}
+
+fn shape_err<E: std::fmt::Display>(e: E) -> DriverError {
+    DriverError::Failed(e.to_string())
+}
+
+fn matmul(
+    bos: &[BoMem<'_>],
+    a: &TensorDesc,
+    b: &TensorDesc,
+    out: &TensorDesc,
+    quant: Option<&Quant>,
+) -> Result<(), DriverError> {
+    let (m, k, n) = (a.dims[0] as usize, a.dims[1] as usize, b.dims[1] as usize);
+    match quant {
+        None => {
+            let va = Array2::from_shape_vec((m, k), gather_f32(bos, a)?).map_err(shape_err)?;
+            let vb = Array2::from_shape_vec((k, n), gather_f32(bos, b)?).map_err(shape_err)?;
+            let c = va.dot(&vb);
+            store_f32(bos, out, c.as_standard_layout().as_slice().unwrap_or(&[]))
+        }
+        Some(q) => {
+            // int8 products summed in f64 are exact (|acc| < 2^53), so the
+            // GEMM library gives the exact int32 accumulators.
+            let to_f64 = |v: Vec<i8>, zero: i32| -> Vec<f64> {
+                v.into_iter()
+                    .map(|x| f64::from(i32::from(x) - zero))
+                    .collect()
+            };
+            let va = Array2::from_shape_vec((m, k), to_f64(gather_i8(bos, a)?, q.a_zero))
+                .map_err(shape_err)?;
+            let vb = Array2::from_shape_vec((k, n), to_f64(gather_i8(bos, b)?, q.b_zero))
+                .map_err(shape_err)?;
+            let acc = va.dot(&vb);
+            let bytes: Vec<u8> = match out.dtype {
+                DType::I32 => acc.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+                _ => acc.iter().map(|&x| requantize(x as i32, q) as u8).collect(),
+            };
+            store(bos, out, &bytes)
+        }
+    }
+}
+
+/// `clamp(round_half_even(acc × scale) + out_zero, -128, 127)`.
+pub fn requantize(acc: i32, q: &Quant) -> i8 {
+    let v = (f64::from(acc) * f64::from(q.scale)).round_ties_even() + f64::from(q.out_zero);
+    v.clamp(-128.0, 127.0) as i8
+}
+
+fn conv2d(
+    bos: &[BoMem<'_>],
+    input: &TensorDesc,
+    filter: &TensorDesc,
+    bias: Option<&TensorDesc>,
+    out: &TensorDesc,
+    stride: [u32; 2],
+    pad: [u32; 4],
+) -> Result<(), DriverError> {
+    let [n, h, w, c] = input.dims.map(|d| d as usize);
+    let [kh, kw, _, oc] = filter.dims.map(|d| d as usize);
+    let [_, oh, ow, _] = out.dims.map(|d| d as usize);
+    let (sh, sw) = (stride[0] as usize, stride[1] as usize);
+    let (pt, pl) = (pad[0] as usize, pad[1] as usize);
+    let x = gather_f32(bos, input)?;
+    // im2col: one row per output pixel, KH·KW·C columns, zero padding.
+    let cols = kh * kw * c;
+    let rows = n * oh * ow;
+    let mut patches = vec![0f32; rows * cols];
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = &mut patches[((b * oh + oy) * ow + ox) * cols..][..cols];
+                for ky in 0..kh {
+                    let iy = (oy * sh + ky).wrapping_sub(pt);
+                    if iy >= h {
+                        continue;
+                    }
+                    for kx in 0..kw {
+                        let ix = (ox * sw + kx).wrapping_sub(pl);
+                        if ix >= w {
+                            continue;
+                        }
+                        let src = &x[((b * h + iy) * w + ix) * c..][..c];
+                        row[(ky * kw + kx) * c..][..c].copy_from_slice(src);
+                    }
+                }
+            }
+        }
+    }
+    let p = ArrayView2::from_shape((rows, cols), &patches).map_err(shape_err)?;
+    let f = Array2::from_shape_vec((cols, oc), gather_f32(bos, filter)?).map_err(shape_err)?;
+    let mut y = p.dot(&f);
+    if let Some(bt) = bias {
+        let bv = gather_f32(bos, bt)?;
+        for mut r in y.rows_mut() {
+            for (v, b) in r.iter_mut().zip(&bv) {
+                *v += b;
+            }
+        }
+    }
+    store_f32(bos, out, y.as_standard_layout().as_slice().unwrap_or(&[]))
+}

@@ -1,0 +1,148 @@
+//! The NPU scheduler shared by every VM the daemon serves.
+//!
+//! Worker threads take runnable jobs round robin across VMs (so each VM gets
+//! an equal share of the NPU whatever its queue depth), run them outside any
+//! lock, hand the result back to the VM's device model and wake the VM's
+//! vring thread through its completion eventfd. The vring threads never
+//! wait for a job.
+
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device::Device;
+use crate::driver::{DriverError, NpuDriver};
+use crate::memory::{GuestMem, MemStats};
+
+/// One VM as the scheduler sees it.
+pub struct VmSlot {
+    pub device: Mutex<Device>,
+    pub mem: GuestMemoryAtomic<GuestMem>,
+    /// Written when the device model has completions for the vring thread.
+    pub completion: EventFd,
+    /// Bytes the NPU moved through this VM's buffers.
+    pub npu_stats: MemStats,
+}
+
+struct State {
+    vms: Vec<Weak<VmSlot>>,
+    cursor: usize,
+    shutdown: bool,
+}
+
+pub struct Scheduler {
+    state: Mutex<State>,
+    wake: Condvar,
+    driver: Arc<dyn NpuDriver>,
+    timeout: Duration,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Scheduler {
+    pub fn new(driver: Arc<dyn NpuDriver>, workers: usize, timeout: Duration) -> Arc<Scheduler> {
+        let s = Arc::new(Scheduler {
+            state: Mutex::new(State {
+                vms: Vec::new(),
+                cursor: 0,
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            driver,
+            timeout,
+            workers: Mutex::new(Vec::new()),
+        });
+        let handles = (0..workers)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::Builder::new()
+                    .name(format!("npu-worker-{i}"))
+                    .spawn(move || s.worker())
+                    .expect("spawn NPU worker")
+            })
+            .collect();
+        *s.workers.lock().unwrap() = handles;
+        s
+    }
+
+    pub fn driver(&self) -> &Arc<dyn NpuDriver> {
+        &self.driver
+    }
+
+    pub fn add_vm(&self, vm: &Arc<VmSlot>) {
+        let mut st = self.state.lock().unwrap();
+        st.vms.retain(|w| w.strong_count() > 0);
+        st.vms.push(Arc::downgrade(vm));
+    }
+
+    /// Tells the workers there may be new work. Call without holding any
+    /// VM's device lock.
+    pub fn kick(&self) {
+        drop(self.state.lock().unwrap());
+        self.wake.notify_all();
+    }
+
+    /// Stops the workers after their current job.
+    pub fn shutdown(&self) {
+        self.state.lock().unwrap().shutdown = true;
+        self.wake.notify_all();
+        for h in self.workers.lock().unwrap().drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    fn pick(&self) -> Option<(Arc<VmSlot>, crate::device::Ticket)> {
+        let mut st = self.state.lock().unwrap();
+        loop {
+            if st.shutdown {
+                return None;
+            }
+            st.vms.retain(|w| w.strong_count() > 0);
+            let n = st.vms.len();
+            for i in 0..n {
+                let idx = (st.cursor + i) % n;
+                let Some(vm) = st.vms[idx].upgrade() else {
+                    continue;
+                };
+                let ticket = vm.device.lock().unwrap().next_job();
+                if let Some(t) = ticket {
+                    st.cursor = idx + 1;
+                    return Some((vm, t));
+                }
+            }
+            st = self.wake.wait(st).unwrap();
+        }
+    }
+
+    fn worker(self: Arc<Self>) {
+        while let Some((vm, ticket)) = self.pick() {
+            let start = Instant::now();
+            let result = {
+                let mem = vm.mem.memory();
+                let resolved: Result<Vec<_>, _> = ticket
+                    .backings
+                    .iter()
+                    .map(|b| b.resolve(&mem, &vm.npu_stats))
+                    .collect();
+                match resolved {
+                    Ok(bos) => self
+                        .driver
+                        .execute(&ticket.prepared, &bos, start + self.timeout),
+                    Err(e) => Err(DriverError::OutOfRange(e.to_string())),
+                }
+            };
+            if let Err(e) = &result {
+                tracing::debug!(ctx = ticket.ctx_id, "job failed: {e}");
+            }
+            vm.device
+                .lock()
+                .unwrap()
+                .finish(ticket.ctx_id, result, start.elapsed());
+            let _ = vm.completion.write(1);
+            // A finished job may unblock jobs waiting on its fence.
+            self.kick();
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Serving sockets: one vhost-user daemon per VM connection, a fresh device
+//! model per connection (a disconnect drops everything the VM held), and
+//! the socket served again once the VM has gone.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::GuestMemoryAtomic;
+use vmm_sys_util::epoll::EventSet;
+
+use crate::config::Config;
+use crate::device::Counts;
+use crate::driver::sim::SimNpu;
+use crate::driver::NpuDriver;
+use crate::memory::GuestMem;
+use crate::sched::Scheduler;
+use crate::vhost_user::{AccelBackend, COMPLETION_EVENT};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("creating the device: {0}")]
+    Backend(std::io::Error),
+    #[error("creating the vhost-user daemon: {0}")]
+    Daemon(vhost_user_backend::Error),
+    #[error("registering the completion eventfd: {0}")]
+    Register(std::io::Error),
+}
+
+/// What one connected VM holds right now.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VmStats {
+    pub counts: Counts,
+    pub parked_chains: usize,
+    pub npu_bytes_read: u64,
+    pub npu_bytes_written: u64,
+    pub cmd_bytes_copied: u64,
+}
+
+/// The daemon: a shared NPU scheduler and the VMs attached to it.
+pub struct Server {
+    config: Config,
+    sched: Arc<Scheduler>,
+    vms: Mutex<Vec<(PathBuf, Weak<AccelBackendHandle>)>>,
+}
+
+/// Keeps a connected backend visible to [`Server::stats`].
+pub struct AccelBackendHandle(AccelBackend);
+
+impl Server {
+    /// A server on the built-in software NPU.
+    pub fn new_sim(config: Config) -> Arc<Server> {
+        let driver: Arc<dyn NpuDriver> = Arc::new(SimNpu::new(config.sim.faults.clone()));
+        Server::new(config, driver)
+    }
+
+    pub fn new(config: Config, driver: Arc<dyn NpuDriver>) -> Arc<Server> {
+        let sched = Scheduler::new(
+            driver,
+            config.workers,
+            Duration::from_millis(config.job_timeout_ms),
+        );
+        Arc::new(Server {
+            config,
+            sched,
+            vms: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Serves one VM connection on `path`, returning when it disconnects.
+    pub fn serve_once(&self, path: &Path) -> Result<(), ServeError> {
+        let mem = GuestMemoryAtomic::new(GuestMem::new());
+        let backend = AccelBackend::new(self.config.clone(), self.sched.clone(), mem.clone())
+            .map_err(ServeError::Backend)?;
+        let handle = Arc::new(AccelBackendHandle(backend.clone()));
+        {
+            let mut vms = self.vms.lock().unwrap();
+            vms.retain(|(_, w)| w.strong_count() > 0);
+            vms.push((path.to_owned(), Arc::downgrade(&handle)));
+        }
+        let mut daemon = VhostUserDaemon::new("vhost-device-accel".into(), backend.clone(), mem)
+            .map_err(ServeError::Daemon)?;
+        for h in daemon.get_epoll_handlers() {
+            h.register_listener(
+                backend.completion_fd().as_raw_fd(),
+                EventSet::IN,
+                u64::from(COMPLETION_EVENT),
+            )
+            .map_err(ServeError::Register)?;
+        }
+        match daemon.serve(path) {
+            Ok(()) => tracing::info!("{}: VM disconnected", path.display()),
+            Err(e) => tracing::warn!("{}: connection ended: {e}", path.display()),
+        }
+        Ok(())
+    }
+
+    /// Serves `path` forever: each VM in turn, the socket re-created after
+    /// each disconnect.
+    pub fn serve_forever(&self, path: &Path) -> Result<(), ServeError> {
+        loop {
+            self.serve_once(path)?;
+        }
+    }
+
+    /// Starts a thread serving `path` forever.
+    pub fn spawn(self: &Arc<Self>, path: PathBuf) -> std::thread::JoinHandle<()> {
+        let s = self.clone();
+        std::thread::Builder::new()
+            .name(format!("vm-{}", path.display()))
+            .spawn(move || {
+                if let Err(e) = s.serve_forever(&path) {
+                    tracing::error!("{}: {e}", path.display());
+                }
+            })
+            .expect("spawn socket thread")
+    }
+
+    /// Per-VM state of the VMs connected now, by socket path.
+    pub fn stats(&self) -> Vec<(PathBuf, VmStats)> {
+        let vms = self.vms.lock().unwrap();
+        vms.iter()
+            .filter_map(|(p, w)| w.upgrade().map(|h| (p.clone(), h)))
+            .map(|(p, h)| {
+                let b = &h.0;
+                let vm = b.vm();
+                let dev = vm.device.lock().unwrap();
+                let s = VmStats {
+                    counts: dev.counts(),
+                    parked_chains: b.parked(),
+                    npu_bytes_read: vm.npu_stats.npu_read.load(Ordering::Relaxed),
+                    npu_bytes_written: vm.npu_stats.npu_written.load(Ordering::Relaxed),
+                    cmd_bytes_copied: dev.cmd_stats.npu_read.load(Ordering::Relaxed),
+                };
+                (p, s)
+            })
+            .collect()
+    }
+
+    pub fn shutdown(&self) {
+        self.sched.shutdown();
+    }
+}

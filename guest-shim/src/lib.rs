@@ -1,4 +1,5 @@
-//! Guest userspace for the virtio-accel accel node: the UAPI definitions
-//! and a safe library over `/dev/accel/accelN`.
+//! Guest userspace for the virtio-accel accel node: the UAPI definitions,
+//! and the reference workloads the tools and tests run.
 
 pub mod uapi;
+pub mod workloads;

@@ -45,7 +45,12 @@ impl Workload {
     /// Compares output bytes with the reference.
     pub fn check(&self, out: &[u8]) -> Result<(), String> {
         if out.len() != self.output_len() {
-            return Err(format!("{}: {} output bytes, want {}", self.name, out.len(), self.output_len()));
+            return Err(format!(
+                "{}: {} output bytes, want {}",
+                self.name,
+                out.len(),
+                self.output_len()
+            ));
         }
         match &self.expected {
             Expected::F32 { values, tol } => {
@@ -59,7 +64,10 @@ impl Workload {
             Expected::I8(values) => {
                 for (i, (&b, want)) in out.iter().zip(values).enumerate() {
                     if b as i8 != *want {
-                        return Err(format!("{}: element {i} is {}, want {want}", self.name, b as i8));
+                        return Err(format!(
+                            "{}: element {i} is {}, want {want}",
+                            self.name, b as i8
+                        ));
                     }
                 }
             }
@@ -196,7 +204,10 @@ pub fn mlp(seed: u64, batch: u32, inp: u32, hidden: u32, out: u32) -> Workload {
         ],
         program,
         output: (3, 0),
-        expected: Expected::F32 { values: z, tol: 1e-4 },
+        expected: Expected::F32 {
+            values: z,
+            tol: 1e-4,
+        },
     }
 }
 
@@ -246,7 +257,13 @@ pub fn int8_matmul(seed: u64, m: u32, k: u32, n: u32) -> Workload {
 /// A 2-D convolution, NHWC, with bias, stride and padding.
 pub fn conv2d(seed: u64, hw: u32, c: u32, oc: u32, k: u32, stride: u32, pad: u32) -> Workload {
     let mut rng = Rng::new(seed);
-    let (h, w, cu, ocu, ku) = (hw as usize, hw as usize, c as usize, oc as usize, k as usize);
+    let (h, w, cu, ocu, ku) = (
+        hw as usize,
+        hw as usize,
+        c as usize,
+        oc as usize,
+        k as usize,
+    );
     let (s, p) = (stride as usize, pad as usize);
     let x = rng.vec_f32(h * w * cu);
     let f = rng.vec_f32(ku * ku * cu * ocu);
@@ -260,7 +277,10 @@ pub fn conv2d(seed: u64, hw: u32, c: u32, oc: u32, k: u32, stride: u32, pad: u32
                 let mut acc = f64::from(bias[o]);
                 for ky in 0..ku {
                     for kx in 0..ku {
-                        let (iy, ix) = ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
+                        let (iy, ix) = (
+                            (oy * s + ky) as isize - p as isize,
+                            (ox * s + kx) as isize - p as isize,
+                        );
                         if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                             continue;
                         }
@@ -296,7 +316,10 @@ pub fn conv2d(seed: u64, hw: u32, c: u32, oc: u32, k: u32, stride: u32, pad: u32
             }],
         },
         output: (2, 0),
-        expected: Expected::F32 { values: y, tol: 1e-4 },
+        expected: Expected::F32 {
+            values: y,
+            tol: 1e-4,
+        },
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
@@ -28,6 +29,8 @@ pub enum ServeError {
     Daemon(vhost_user_backend::Error),
     #[error("registering the completion eventfd: {0}")]
     Register(std::io::Error),
+    #[error("listening on the socket: {0}")]
+    Listen(vhost::vhost_user::Error),
 }
 
 /// What one connected VM holds right now.
@@ -75,15 +78,10 @@ impl Server {
         let mem = GuestMemoryAtomic::new(GuestMem::new());
         let backend = AccelBackend::new(self.config.clone(), self.sched.clone(), mem.clone())
             .map_err(ServeError::Backend)?;
-        let handle = Arc::new(AccelBackendHandle(backend.clone()));
-        {
-            let mut vms = self.vms.lock().unwrap();
-            vms.retain(|(_, w)| w.strong_count() > 0);
-            vms.push((path.to_owned(), Arc::downgrade(&handle)));
-        }
         let mut daemon = VhostUserDaemon::new("vhost-device-accel".into(), backend.clone(), mem)
             .map_err(ServeError::Daemon)?;
-        for h in daemon.get_epoll_handlers() {
+        let handlers = daemon.get_epoll_handlers();
+        for h in &handlers {
             h.register_listener(
                 backend.completion_fd().as_raw_fd(),
                 EventSet::IN,
@@ -91,8 +89,25 @@ impl Server {
             )
             .map_err(ServeError::Register)?;
         }
-        match daemon.serve(path) {
-            Ok(()) => tracing::info!("{}: VM disconnected", path.display()),
+        let mut listener = Listener::new(path, true).map_err(ServeError::Listen)?;
+        // Blocks until a VM connects.
+        let started = daemon.start(&mut listener);
+        let handle = Arc::new(AccelBackendHandle(backend));
+        if started.is_ok() {
+            let mut vms = self.vms.lock().unwrap();
+            vms.retain(|(_, w)| w.strong_count() > 0);
+            vms.push((path.to_owned(), Arc::downgrade(&handle)));
+        }
+        let result = started.and_then(|()| daemon.wait());
+        // The worker threads only leave their loop on the exit event.
+        for h in &handlers {
+            h.send_exit_event();
+        }
+        match result {
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => tracing::info!("{}: VM disconnected", path.display()),
             Err(e) => tracing::warn!("{}: connection ended: {e}", path.display()),
         }
         Ok(())

@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_accel_guest::workloads::Workload;
 use virtio_accel_protocol::*;
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use zerocopy::FromBytes;
 
 use crate::ring::{Desc, Ring, WaitMode};
@@ -79,7 +79,10 @@ impl Alloc {
     }
 
     fn free(&mut self, addr: u64) {
-        let len = self.used.remove(&addr).expect("free of unallocated address");
+        let len = self
+            .used
+            .remove(&addr)
+            .expect("free of unallocated address");
         self.free.push((addr, len));
         self.free.sort();
         let mut merged: Vec<(u64, u64)> = Vec::new();
@@ -145,7 +148,8 @@ impl Guest {
         let features = offered & want;
         frontend.set_features(features).unwrap();
         let proto = frontend.get_protocol_features().unwrap();
-        assert!(proto.contains(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK));
+        assert!(proto
+            .contains(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK));
         frontend
             .set_protocol_features(
                 proto
@@ -157,7 +161,12 @@ impl Guest {
             .unwrap();
         let size = std::mem::size_of::<Config>() as u32;
         let (_, cfg) = frontend
-            .get_config(0, size, VhostUserConfigFlags::empty(), &vec![0u8; size as usize])
+            .get_config(
+                0,
+                size,
+                VhostUserConfigFlags::empty(),
+                &vec![0u8; size as usize],
+            )
             .unwrap();
         let config = Config::read_from_bytes(&cfg).expect("config size");
 
@@ -170,7 +179,11 @@ impl Guest {
                 .unwrap()
                 .into_file();
             file.set_len(len).unwrap();
-            ranges.push((GuestAddress(at), len as usize, Some(FileOffset::new(file, 0))));
+            ranges.push((
+                GuestAddress(at),
+                len as usize,
+                Some(FileOffset::new(file, 0)),
+            ));
             at += len;
         }
         let mem = Mem::from_ranges_with_files(ranges.iter().map(|(a, l, f)| (*a, *l, f.clone())))
@@ -268,8 +281,7 @@ impl Guest {
         let head = r.add(&self.mem, descs);
         r.kick(&self.mem);
         loop {
-            let (h, len) = self
-                .rings[q as usize]
+            let (h, len) = self.rings[q as usize]
                 .wait_used(&self.mem, mode, timeout)
                 .unwrap_or_else(|| panic!("queue {q}: no answer within {timeout:?}"));
             if h == head {
@@ -281,7 +293,10 @@ impl Guest {
                 }
                 return (len, out);
             }
-            assert_eq!(q, VIRTIO_ACCEL_VQ_SUBMIT, "unexpected head {h} on queue {q}");
+            assert_eq!(
+                q, VIRTIO_ACCEL_VQ_SUBMIT,
+                "unexpected head {h} on queue {q}"
+            );
             self.collect_submit(h, len);
         }
     }
@@ -463,7 +478,10 @@ impl Guest {
     }
 
     pub fn ctx_destroy(&mut self, ctx: u32) -> u32 {
-        self.status(&Request::CtxDestroy(Hdr::new(VIRTIO_ACCEL_CMD_CTX_DESTROY, ctx)))
+        self.status(&Request::CtxDestroy(Hdr::new(
+            VIRTIO_ACCEL_CMD_CTX_DESTROY,
+            ctx,
+        )))
     }
 
     pub fn bo_create_status(&mut self, ctx: u32, size: u64, flags: u32) -> (u32, u32) {
@@ -522,7 +540,8 @@ impl Guest {
             }
             Layout::Scattered => {
                 let pages = size.div_ceil(4096);
-                let mut addrs: Vec<u64> = (0..pages).map(|_| self.alloc.alloc(4096, 4096)).collect();
+                let mut addrs: Vec<u64> =
+                    (0..pages).map(|_| self.alloc.alloc(4096, 4096)).collect();
                 addrs.reverse();
                 let mut left = size;
                 addrs
@@ -592,7 +611,13 @@ impl Guest {
         out
     }
 
-    fn for_bo_range(&self, bo: &GuestBo, off: u64, len: usize, mut f: impl FnMut(u64, usize, usize)) {
+    fn for_bo_range(
+        &self,
+        bo: &GuestBo,
+        off: u64,
+        len: usize,
+        mut f: impl FnMut(u64, usize, usize),
+    ) {
         let mut pos = 0u64;
         let mut done = 0usize;
         for &(addr, l) in &bo.ranges {
@@ -620,7 +645,11 @@ impl Guest {
     ) -> Request {
         let (flags, cmd_bo, off, size, inline_cmd) = match cmd {
             CmdSource::Inline(v) => (VIRTIO_ACCEL_SUBMIT_F_INLINE, 0, 0, v.len() as u32, v),
-            CmdSource::Bo { handle, offset, size } => (0, handle, offset, size, Vec::new()),
+            CmdSource::Bo {
+                handle,
+                offset,
+                size,
+            } => (0, handle, offset, size, Vec::new()),
         };
         Request::Submit {
             req: Submit {

@@ -40,6 +40,8 @@ pub struct Ring {
     /// Descriptors of each outstanding chain, by head.
     chains: Vec<Vec<u16>>,
     next_avail: u16,
+    /// `next_avail` when the device was last notified.
+    kicked_at: std::cell::Cell<u16>,
     last_used: u16,
     pub kick: EventFd,
     pub call: EventFd,
@@ -78,6 +80,7 @@ impl Ring {
             free: (0..size).rev().collect(),
             chains: vec![Vec::new(); size as usize],
             next_avail: 0,
+            kicked_at: std::cell::Cell::new(0),
             last_used: 0,
             kick: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
             call,
@@ -93,7 +96,10 @@ impl Ring {
     /// Places a chain in the ring and makes it available; returns its head.
     /// Does not kick.
     pub fn add(&mut self, mem: &Mem, descs: &[Desc]) -> u16 {
-        assert!(!descs.is_empty() && descs.len() <= self.free.len(), "ring full");
+        assert!(
+            !descs.is_empty() && descs.len() <= self.free.len(),
+            "ring full"
+        );
         let ids: Vec<u16> = (0..descs.len()).map(|_| self.free.pop().unwrap()).collect();
         for (i, d) in descs.iter().enumerate() {
             let mut flags = 0u16;
@@ -120,8 +126,12 @@ impl Ring {
         mem.write_obj(head, GuestAddress(slot)).unwrap();
         self.next_avail = self.next_avail.wrapping_add(1);
         fence(Ordering::SeqCst);
-        mem.store(self.next_avail, GuestAddress(self.avail + 2), Ordering::Release)
-            .unwrap();
+        mem.store(
+            self.next_avail,
+            GuestAddress(self.avail + 2),
+            Ordering::Release,
+        )
+        .unwrap();
         fence(Ordering::SeqCst);
         head
     }
@@ -135,13 +145,15 @@ impl Ring {
                     Ordering::Acquire,
                 )
                 .unwrap();
-            // vring_need_event(avail_event, new, old) with old = new - 1.
+            // vring_need_event(avail_event, new, old), old being the index
+            // at the previous notification.
             let new = self.next_avail;
-            let old = new.wrapping_sub(1);
+            let old = self.kicked_at.replace(new);
             if new.wrapping_sub(avail_event).wrapping_sub(1) >= new.wrapping_sub(old) {
                 return;
             }
         }
+        self.kicked_at.set(self.next_avail);
         self.kick.write(1).unwrap();
     }
 
@@ -166,7 +178,10 @@ impl Ring {
             fence(Ordering::SeqCst);
         }
         let head = id as u16;
-        assert!((head as usize) < self.chains.len(), "device returned bad head {id}");
+        assert!(
+            (head as usize) < self.chains.len(),
+            "device returned bad head {id}"
+        );
         let ids = std::mem::take(&mut self.chains[head as usize]);
         assert!(!ids.is_empty(), "device returned head {head} twice");
         self.free.extend(ids);
@@ -174,7 +189,12 @@ impl Ring {
     }
 
     /// Waits for a used element, up to `timeout`.
-    pub fn wait_used(&mut self, mem: &Mem, mode: WaitMode, timeout: Duration) -> Option<(u16, u32)> {
+    pub fn wait_used(
+        &mut self,
+        mem: &Mem,
+        mode: WaitMode,
+        timeout: Duration,
+    ) -> Option<(u16, u32)> {
         let deadline = Instant::now() + timeout;
         let mut events = [EpollEvent::default()];
         loop {

@@ -1,16 +1,23 @@
 //! Real workloads through the real daemon: outputs checked against CPU
 //! references computed in the test.
 
+use vhost_device_accel::Config;
 use virtio_accel_guest::workloads::{self, Workload};
 use virtio_accel_integration::*;
 use virtio_accel_protocol::*;
-use vhost_device_accel::Config;
 
 fn run(g: &mut Guest, ctx: u32, fence: u64, w: &Workload, layout: Layout) {
     let l = g.load(ctx, w, layout);
     let r = g.submit(&Guest::run_request(ctx, fence, w, &l));
-    assert_eq!(status_name(r.status()), "VIRTIO_ACCEL_RESP_OK", "{}", w.name);
-    let Response::Submit(s) = r else { unreachable!() };
+    assert_eq!(
+        status_name(r.status()),
+        "VIRTIO_ACCEL_RESP_OK",
+        "{}",
+        w.name
+    );
+    let Response::Submit(s) = r else {
+        unreachable!()
+    };
     assert_eq!(s.fence.get(), fence);
     assert!(s.device_time_ns.get() > 0);
     w.check(&g.output(w, &l)).unwrap();

@@ -56,7 +56,9 @@ impl Workload {
             Expected::F32 { values, tol } => {
                 for (i, (c, want)) in out.chunks_exact(4).zip(values).enumerate() {
                     let got = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    if !((got - want).abs() <= tol * (1.0 + want.abs())) {
+                    let close = (got - want).abs() <= tol * (1.0 + want.abs());
+                    if !close {
+                        // NaN is never close
                         return Err(format!("{}: element {i} is {got}, want {want}", self.name));
                     }
                 }

@@ -65,7 +65,7 @@ impl Daemon {
 }
 
 /// Waits until something listens on `path`.
-pub fn wait_for_socket(path: &PathBuf) {
+pub fn wait_for_socket(path: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
         assert!(

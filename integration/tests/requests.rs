@@ -370,12 +370,14 @@ fn bo_create_info_destroy() {
 
 #[test]
 fn bo_create_bad_sizes_and_flags() {
-    let mut cfg = Config::default();
-    cfg.limits = Limits {
-        max_bo_size: 1 << 20,
-        max_total_bo_bytes: 3 << 20,
-        max_bos: 4,
-        ..Limits::default()
+    let cfg = Config {
+        limits: Limits {
+            max_bo_size: 1 << 20,
+            max_total_bo_bytes: 3 << 20,
+            max_bos: 4,
+            ..Limits::default()
+        },
+        ..Config::default()
     };
     let (d, mut g) = setup_with(cfg);
     let c = g.ctx_create();
@@ -927,8 +929,10 @@ fn many_jobs_in_flight_complete_in_fence_order_per_context() {
 
 #[test]
 fn cross_context_fence_orders_jobs() {
-    let mut cfg = Config::default();
-    cfg.workers = 2;
+    let cfg = Config {
+        workers: 2,
+        ..Config::default()
+    };
     let (d, mut g) = setup_with(cfg);
     let a = g.ctx_create();
     let b = g.ctx_create();

@@ -329,3 +329,217 @@ fn conv2d(
     }
     store_f32(bos, out, y.as_standard_layout().as_slice().unwrap_or(&[]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{Backing, GuestMem, MemStats};
+    use vm_memory::GuestAddress;
+
+    /// Runs one op over buffers of the given initial contents.
+    fn run_on(op: OpDesc, init: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let stats = MemStats::default();
+        let backings: Vec<Backing> = init
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Backing::new(vec![((i as u64) << 16, b.len() as u32)]))
+            .collect();
+        let bos: Vec<BoMem<'_>> = backings
+            .iter()
+            .map(|b| b.resolve(&mem, &stats).unwrap())
+            .collect();
+        for (bo, data) in bos.iter().zip(init) {
+            bo.write(0, data).unwrap();
+        }
+        let p = Program { ops: vec![op] };
+        run(&p, &bos, Instant::now() + std::time::Duration::from_secs(5)).unwrap();
+        bos.iter()
+            .zip(init)
+            .map(|(bo, d)| {
+                let mut v = vec![0u8; d.len()];
+                bo.read(0, &mut v).unwrap();
+                v
+            })
+            .collect()
+    }
+
+    fn f(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn unf(b: &[u8]) -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn t(bo: u32, dt: DType, dims: &[u32]) -> TensorDesc {
+        TensorDesc::dense(bo, dt, 0, dims)
+    }
+
+    #[test]
+    fn add_broadcasts_a_row() {
+        let out = run_on(
+            OpDesc::Add {
+                a: t(0, DType::F32, &[2, 3]),
+                b: t(1, DType::F32, &[3]),
+                out: t(2, DType::F32, &[2, 3]),
+            },
+            &[
+                f(&[1., 2., 3., 4., 5., 6.]),
+                f(&[10., 20., 30.]),
+                vec![0; 24],
+            ],
+        );
+        assert_eq!(unf(&out[2]), [11., 22., 33., 14., 25., 36.]);
+    }
+
+    #[test]
+    fn mul_broadcasts_a_column_through_stride_zero() {
+        let mut col = t(1, DType::F32, &[2, 3]);
+        col.strides = [1, 0, 0, 0]; // one value per row
+        let out = run_on(
+            OpDesc::Mul {
+                a: t(0, DType::F32, &[2, 3]),
+                b: col,
+                out: t(2, DType::F32, &[2, 3]),
+            },
+            &[f(&[1., 2., 3., 4., 5., 6.]), f(&[2., -1.]), vec![0; 24]],
+        );
+        assert_eq!(unf(&out[2]), [2., 4., 6., -4., -5., -6.]);
+    }
+
+    #[test]
+    fn relu_int8_and_f32() {
+        let out = run_on(
+            OpDesc::Relu {
+                input: t(0, DType::I8, &[4]),
+                out: t(1, DType::I8, &[4]),
+            },
+            &[vec![0x80, 0xff, 0, 5], vec![9; 4]],
+        );
+        assert_eq!(out[1], [0, 0, 0, 5]);
+        let out = run_on(
+            OpDesc::Relu {
+                input: t(0, DType::F32, &[3]),
+                out: t(0, DType::F32, &[3]),
+            },
+            &[f(&[-1., 0.5, -0.0])],
+        );
+        assert_eq!(unf(&out[0]), [0., 0.5, 0.]);
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_survive_large_inputs() {
+        let out = run_on(
+            OpDesc::Softmax {
+                input: t(0, DType::F32, &[2, 2]),
+                out: t(1, DType::F32, &[2, 2]),
+            },
+            &[f(&[0., 0., 1000., 0.]), vec![0; 16]],
+        );
+        let v = unf(&out[1]);
+        assert_eq!(&v[..2], &[0.5, 0.5]);
+        assert!((v[2] - 1.0).abs() < 1e-6 && v[3] < 1e-6);
+    }
+
+    #[test]
+    fn matmul_f32_and_strided_transposed_input() {
+        // a = [[1,2],[3,4]]; b given transposed in memory via strides.
+        let mut bt = t(1, DType::F32, &[2, 2]);
+        bt.strides = [1, 2, 0, 0];
+        let out = run_on(
+            OpDesc::MatMul {
+                a: t(0, DType::F32, &[2, 2]),
+                b: bt,
+                out: t(2, DType::F32, &[2, 2]),
+                quant: None,
+            },
+            // memory of b: [5,7,6,8] read as b[k][n] = mem[k + 2n] -> [[5,6],[7,8]]
+            &[f(&[1., 2., 3., 4.]), f(&[5., 7., 6., 8.]), vec![0; 16]],
+        );
+        assert_eq!(unf(&out[2]), [19., 22., 43., 50.]);
+    }
+
+    #[test]
+    fn matmul_int8_exact_accumulators_and_requantization() {
+        let q = Quant {
+            a_zero: -128,
+            b_zero: 127,
+            out_zero: 0,
+            scale: 0.0,
+        };
+        // K = 3: acc = 3 * (127 - -128) * (-128 - 127) = -195075
+        let out = run_on(
+            OpDesc::MatMul {
+                a: t(0, DType::I8, &[1, 3]),
+                b: t(1, DType::I8, &[3, 1]),
+                out: t(2, DType::I32, &[1, 1]),
+                quant: Some(q),
+            },
+            &[vec![127; 3], vec![0x80; 3], vec![0; 4]],
+        );
+        assert_eq!(i32::from_le_bytes(out[2][..4].try_into().unwrap()), -195075);
+        let q = Quant {
+            a_zero: 0,
+            b_zero: 0,
+            out_zero: -3,
+            scale: 0.5,
+        };
+        assert_eq!(requantize(5, &q), -1, "2.5 rounds to even 2, plus -3");
+        assert_eq!(requantize(7, &q), 1, "3.5 rounds to even 4, plus -3");
+        assert_eq!(requantize(1000, &q), 127);
+        assert_eq!(requantize(-1000, &q), -128);
+    }
+
+    #[test]
+    fn conv2d_with_padding_stride_and_bias() {
+        // 1x3x3x1 input 1..9, 2x2 filter of ones, stride 2, pad 1 each side
+        // -> 2x2 output of sums of the covered cells, plus bias 0.5.
+        let out = run_on(
+            OpDesc::Conv2d {
+                input: t(0, DType::F32, &[1, 3, 3, 1]),
+                filter: t(1, DType::F32, &[2, 2, 1, 1]),
+                bias: Some(t(2, DType::F32, &[1])),
+                out: t(3, DType::F32, &[1, 2, 2, 1]),
+                stride: [2, 2],
+                pad: [1, 1, 1, 1],
+            },
+            &[
+                f(&[1., 2., 3., 4., 5., 6., 7., 8., 9.]),
+                f(&[1.; 4]),
+                f(&[0.5]),
+                vec![0; 16],
+            ],
+        );
+        assert_eq!(unf(&out[3]), [1.5, 5.5, 11.5, 28.5]);
+    }
+
+    #[test]
+    fn copy_gathers_a_strided_source() {
+        let mut src = t(0, DType::F32, &[3]);
+        src.strides = [2, 0, 0, 0];
+        let out = run_on(
+            OpDesc::Copy {
+                src,
+                dst: t(1, DType::F32, &[3]),
+            },
+            &[f(&[1., 9., 2., 9., 3.]), vec![0; 12]],
+        );
+        assert_eq!(unf(&out[1]), [1., 2., 3.]);
+    }
+
+    #[test]
+    fn passed_deadline_stops_before_the_next_op() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap();
+        let p = Program {
+            ops: vec![OpDesc::Nop, OpDesc::Nop],
+        };
+        assert_eq!(
+            run(&p, &[], Instant::now() - std::time::Duration::from_secs(1)),
+            Err(DriverError::Hang)
+        );
+        drop(mem);
+    }
+}

@@ -1,0 +1,136 @@
+//! The `vhost-device-accel` binary: sockets, config file, reconnects and
+//! clean shutdown on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::VhostBackend;
+use virtio_accel_protocol::Config;
+use zerocopy::FromBytes;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-device-accel");
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vda-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn wait_socket(p: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Connects as a VMM and reads the device configuration.
+fn read_config(sock: &Path) -> (u64, Config) {
+    let mut f = Frontend::connect(sock, 3).unwrap();
+    f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    f.set_owner().unwrap();
+    let features = f.get_features().unwrap();
+    f.set_features(features).unwrap();
+    let proto = f.get_protocol_features().unwrap();
+    f.set_protocol_features(proto).unwrap();
+    let (_, bytes) = f
+        .get_config(0, 48, VhostUserConfigFlags::empty(), &[0u8; 48])
+        .unwrap();
+    (features, Config::read_from_bytes(&bytes).unwrap())
+}
+
+fn terminate(mut child: Child) -> std::process::ExitStatus {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn serves_reconnects_and_shuts_down_cleanly() {
+    let d = tmp("serve");
+    let sock = d.join("accel.sock");
+    let child = Command::new(BIN)
+        .arg("--socket-path")
+        .arg(&sock)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_socket(&sock);
+    let (features, cfg) = read_config(&sock);
+    assert_ne!(features & (1 << 32), 0, "VIRTIO_F_VERSION_1");
+    assert_eq!(cfg.num_capsets.get(), 1);
+    assert_eq!(cfg.max_contexts.get(), 64);
+    // The first VM has gone: the socket is served again.
+    std::thread::sleep(Duration::from_millis(100));
+    wait_socket(&sock);
+    let (_, cfg) = read_config(&sock);
+    assert_eq!(cfg.max_contexts.get(), 64);
+    let status = terminate(child);
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "socket left behind");
+}
+
+#[test]
+fn config_file_sets_limits_and_socket_count_serves_each_vm() {
+    let d = tmp("config");
+    let cfg_path = d.join("accel.toml");
+    std::fs::write(
+        &cfg_path,
+        "workers = 2\n[limits]\nmax_contexts = 7\nmax_bo_size = 1048576\n\
+         [sim.faults]\nlatency_us = 10\n",
+    )
+    .unwrap();
+    let prefix = d.join("vm").display().to_string();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg_path)
+        .args(["--socket-count", "2", "--socket-prefix", &prefix])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for i in 0..2 {
+        let s = PathBuf::from(format!("{prefix}{i}"));
+        wait_socket(&s);
+        let (_, cfg) = read_config(&s);
+        assert_eq!(cfg.max_contexts.get(), 7);
+        assert_eq!(cfg.max_bo_size.get(), 1 << 20);
+    }
+    assert!(terminate(child).success());
+}
+
+#[test]
+fn bad_config_file_is_refused_with_a_message() {
+    let d = tmp("bad");
+    for (text, want) in [
+        ("[limits]\nmax_contexts = \"many\"\n", "parsing"),
+        ("[limits]\nmax_sg_entries = 99999999\n", "protocol ceiling"),
+        ("bogus = 1\n", "unknown field"),
+    ] {
+        let p = d.join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&p)
+            .arg("--socket-path")
+            .arg(d.join("x.sock"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+}

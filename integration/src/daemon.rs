@@ -14,7 +14,7 @@ pub struct Daemon {
     pub sockets: Vec<PathBuf>,
 }
 
-fn unique_dir() -> PathBuf {
+pub fn unique_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let d = std::env::temp_dir().join(format!(
         "virtio-accel-{}-{}",

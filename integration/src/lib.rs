@@ -5,6 +5,7 @@
 //! and the benchmarks are built on it.
 
 pub mod daemon;
+pub mod echo;
 pub mod guest;
 pub mod ring;
 

@@ -48,6 +48,10 @@ fn for_runs(
     if t.elems() == 0 {
         return Ok(());
     }
+    if t.is_dense() {
+        // One contiguous byte range: a single run.
+        return f(t.offset, t.elems() as usize);
+    }
     let r = t.rank;
     let inner = t.dims[r - 1] as usize;
     let contiguous = t.strides[r - 1] == 1 || inner == 1;

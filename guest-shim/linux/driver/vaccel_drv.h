@@ -108,6 +108,7 @@ struct vaccel_bo {
 	struct drm_gem_shmem_object base;
 	struct vaccel_ctx *ctx;
 	u32 host_handle;
+	bool pinned;
 };
 
 static inline struct vaccel_bo *to_vaccel_bo(struct drm_gem_object *obj)
@@ -131,6 +132,7 @@ struct vaccel_job {
 
 /* vaccel_vq.c */
 int vaccel_vq_init(struct vaccel_device *vd);
+void vaccel_vq_start(struct vaccel_device *vd);
 void vaccel_vq_fini(struct vaccel_device *vd);
 int vaccel_ctrl(struct vaccel_device *vd, const void *req, size_t req_len,
 		void *resp, size_t resp_len);

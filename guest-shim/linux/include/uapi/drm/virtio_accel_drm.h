@@ -47,7 +47,6 @@ extern "C" {
  * @max_submit_bos: largest buffer list of one submit
  * @max_in_syncobjs: largest in-syncobj list of one submit
  * @features: virtio-accel feature bits the driver negotiated
- * @pad2: zero
  * @ops: bitmask of supported operations of the command-stream format
  * @name: NUL-padded NPU name
  */

@@ -1,0 +1,146 @@
+//! Runs the reference workloads (MLP, int8 matmul, conv2d) through the
+//! accel node and checks each output against the CPU reference. Also checks
+//! that the kernel refuses malformed submits. Exits non-zero on any failure.
+
+use std::process::ExitCode;
+
+use virtio_accel_guest::accel::{Accel, JobBo};
+use virtio_accel_guest::uapi::{DrmVaccelSubmit, DRM_VACCEL_BO_READ, DRM_VACCEL_BO_WRITE};
+use virtio_accel_guest::workloads::{self, Workload};
+
+fn run(dev: &Accel, w: &Workload) -> Result<(), String> {
+    let name = w.name;
+    let e = |what: &'static str| move |err: std::io::Error| format!("{name}: {what}: {err}");
+    let mut bos = Vec::new();
+    for spec in &w.bos {
+        let bo = dev.bo_create(spec.size).map_err(e("BO_CREATE"))?;
+        if !spec.init.is_empty() {
+            dev.map(bo).map_err(e("mmap"))?.write(0, &spec.init);
+        }
+        bos.push(JobBo {
+            bo,
+            access: spec.access,
+        });
+    }
+    let stream = w.program.encode();
+    let cmd = dev
+        .bo_create(stream.len() as u64)
+        .map_err(e("BO_CREATE cmd"))?;
+    dev.map(cmd).map_err(e("mmap cmd"))?.write(0, &stream);
+    // Two jobs chained by a syncobj: the second waits for the first.
+    let first = dev.syncobj_create().map_err(e("SYNCOBJ_CREATE"))?;
+    let second = dev.syncobj_create().map_err(e("SYNCOBJ_CREATE"))?;
+    dev.submit(&bos, cmd, 0, stream.len() as u32, &[], first)
+        .map_err(e("SUBMIT"))?;
+    dev.submit(&bos, cmd, 0, stream.len() as u32, &[first], second)
+        .map_err(e("SUBMIT chained"))?;
+    dev.syncobj_wait(&[second], 30_000)
+        .map_err(e("SYNCOBJ_WAIT"))?;
+    dev.syncobj_wait(&[first], 0).map_err(e("first fence"))?;
+    let (i, off) = w.output;
+    dev.bo_wait(bos[i].bo, 1000).map_err(e("BO_WAIT"))?;
+    let out = dev
+        .map(bos[i].bo)
+        .map_err(e("mmap output"))?
+        .read(off as usize, w.output_len());
+    w.check(&out)?;
+    for b in bos.iter().map(|b| b.bo).chain([cmd]) {
+        dev.bo_close(b).map_err(e("GEM_CLOSE"))?;
+    }
+    dev.syncobj_destroy(first).map_err(e("SYNCOBJ_DESTROY"))?;
+    dev.syncobj_destroy(second).map_err(e("SYNCOBJ_DESTROY"))?;
+    Ok(())
+}
+
+/// The kernel must refuse malformed submits before they reach the device.
+fn bad_submits(dev: &Accel) -> Result<(), String> {
+    let bo = dev.bo_create(4096).map_err(|e| e.to_string())?;
+    let list = [virtio_accel_guest::uapi::DrmVaccelSubmitBo {
+        handle: bo.handle,
+        access: DRM_VACCEL_BO_READ,
+    }];
+    let good = DrmVaccelSubmit {
+        bos: list.as_ptr() as u64,
+        cmd_bo: bo.handle,
+        cmd_size: 16,
+        nr_bos: 1,
+        ..Default::default()
+    };
+    let cases: [(&str, DrmVaccelSubmit, i32); 5] = [
+        (
+            "nonzero pad",
+            DrmVaccelSubmit { pad: 1, ..good },
+            libc::EINVAL,
+        ),
+        (
+            "unknown flag",
+            DrmVaccelSubmit { flags: 4, ..good },
+            libc::EINVAL,
+        ),
+        (
+            "unknown buffer",
+            DrmVaccelSubmit {
+                cmd_bo: 9999,
+                ..good
+            },
+            libc::ENOENT,
+        ),
+        (
+            "command past the buffer",
+            DrmVaccelSubmit {
+                cmd_offset: 4090,
+                ..good
+            },
+            libc::EINVAL,
+        ),
+        (
+            "bad user pointer",
+            DrmVaccelSubmit { bos: 16, ..good },
+            libc::EFAULT,
+        ),
+    ];
+    for (what, mut args, want) in cases {
+        match dev.submit_raw(&mut args) {
+            Err(e) if e.raw_os_error() == Some(want) => {}
+            r => return Err(format!("{what}: got {r:?}, want errno {want}")),
+        }
+    }
+    let _ = DRM_VACCEL_BO_WRITE;
+    dev.bo_close(bo).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/dev/accel/accel0".into());
+    let dev = match Accel::open(&path) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("accel-run: {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for w in workloads::standard() {
+        match run(&dev, &w) {
+            Ok(()) => println!("accel-run: {} PASS", w.name),
+            Err(e) => {
+                println!("accel-run: {} FAIL: {e}", w.name);
+                failed += 1;
+            }
+        }
+    }
+    match bad_submits(&dev) {
+        Ok(()) => println!("accel-run: malformed submits refused PASS"),
+        Err(e) => {
+            println!("accel-run: malformed submits FAIL: {e}");
+            failed += 1;
+        }
+    }
+    if failed == 0 {
+        println!("accel-run: OK");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

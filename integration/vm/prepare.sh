@@ -67,7 +67,27 @@ if [ ! -e "$R/.ready" ]; then
     touch "$R/.ready"
 fi
 
-KVER=$(ls "$R/usr/lib/modules" | sort -V | tail -1)
+# Extras, added to an existing root too: Linux 6.12 headers from trixie main
+# (the module must build against both), libdrm for the drmGetVersion() check.
+need=()
+chroot "$R" dpkg -s libdrm-dev >/dev/null 2>&1 || need+=(libdrm-dev)
+if ! ls -d "$R"/usr/src/linux-headers-6.12.*-amd64 >/dev/null 2>&1; then
+    h612=$(chroot "$R" apt-cache depends "linux-headers-amd64=$(chroot "$R" apt-cache madison linux-headers-amd64 |
+        awk '$3 ~ /^6\.12/ {print $3; exit}')" 2>/dev/null | grep -oE 'linux-headers-6\.12[^ ]*-amd64' | head -1)
+    [ -n "$h612" ] && need+=("$h612")
+fi
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    trap umount_root EXIT
+    mount_root
+    chroot "$R" env DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends \
+        "${need[@]}" >>"$CACHE/apt-install.log"
+    chroot "$R" apt-get clean
+    umount_root
+    trap - EXIT
+fi
+
+KVER=$(ls "$R/usr/src" | sed -n 's/^linux-headers-\(.*-amd64\)$/\1/p' | sort -V | tail -1)
 K=$CACHE/kernel-$KVER
 if [ ! -e "$K/.ready" ]; then
     log "fetching kernel image and modules $KVER"

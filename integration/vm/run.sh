@@ -30,20 +30,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# libdrm's headers for the drmGetVersion() check (the runtime is Debian's
-# libdrm2, copied into the guest).
-if ! chroot "$R" dpkg -s libdrm-dev >/dev/null 2>&1; then
-    log "installing libdrm-dev in the root"
-    chroot "$R" env DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends \
-        libdrm-dev gcc libc6-dev >/dev/null
-fi
-
+# The module must build, without warnings, against every kernel series we
+# support (Debian trixie's 6.12 and trixie-backports' 7.x); the guest boots
+# the newest.
+for h in "$R"/usr/src/linux-headers-*-amd64; do
+    v=${h##*/linux-headers-}
+    [ "$v" = "$KVER" ] && continue
+    log "building the kernel module against $v (build only)"
+    rm -rf "$R/build/vaccel-$v" && mkdir -p "$R/build/vaccel-$v"
+    cp -r "$TOP/guest-shim/linux/driver" "$TOP/guest-shim/linux/include" "$R/build/vaccel-$v/"
+    chroot "$R" make -s -C "/usr/src/linux-headers-$v" M="/build/vaccel-$v/driver" KCFLAGS=-Werror modules
+done
 log "building the kernel module against $KVER"
 B=$R/build/vaccel
 rm -rf "$B" && mkdir -p "$B"
 cp -r "$TOP/guest-shim/linux/driver" "$TOP/guest-shim/linux/include" "$B/"
 cp "$HERE/drm-version.c" "$B/"
-chroot "$R" make -s -C "/usr/src/linux-headers-$KVER" M=/build/vaccel/driver modules
+chroot "$R" make -s -C "/usr/src/linux-headers-$KVER" M=/build/vaccel/driver KCFLAGS=-Werror modules
 chroot "$R" gcc -O2 -Wall -Werror -I/usr/include/libdrm -o /build/vaccel/drm-version \
     /build/vaccel/drm-version.c -ldrm
 

@@ -149,7 +149,8 @@ static const struct drm_driver vaccel_drm_driver = {
 	.fops = &vaccel_fops,
 	.name = "virtio_accel",
 	.desc = "virtio-accel paravirtual accelerator",
-#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 14, 0)
+#if KERNEL_VERSION(6, 14, 0) > LINUX_VERSION_CODE
+	/* Removed from struct drm_driver in 6.14. */
 	.date = "20261124",
 #endif
 	.major = 1,

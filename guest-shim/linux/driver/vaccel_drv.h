@@ -31,7 +31,7 @@
  */
 struct vaccel_queue {
 	struct virtqueue *vq;
-	spinlock_t lock;
+	spinlock_t lock; /* serialises adding and reaping buffers */
 	wait_queue_head_t space;
 	struct work_struct work;
 };
@@ -98,7 +98,7 @@ struct vaccel_ctx {
 	struct vaccel_device *vd;
 	u32 id;
 	u64 fence_context;
-	struct mutex submit_lock;
+	struct mutex submit_lock; /* orders seqno assignment with queueing */
 	u64 next_seqno;
 	bool lost;
 	bool dead;
@@ -118,7 +118,7 @@ static inline struct vaccel_bo *to_vaccel_bo(struct drm_gem_object *obj)
 
 struct vaccel_fence {
 	struct dma_fence base;
-	spinlock_t lock;
+	spinlock_t lock; /* the dma_fence lock */
 	u32 ctx_id;
 	struct vaccel_device *vd;
 };

@@ -129,6 +129,13 @@ pub struct Guest {
     done: Vec<(u16, Response)>,
 }
 
+/// The memory table a VMM sends for `mem`.
+fn region_infos(mem: &Mem) -> Vec<VhostUserMemoryRegionInfo> {
+    mem.iter()
+        .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
+        .collect()
+}
+
 /// A submit in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pending(pub u16);
@@ -188,11 +195,7 @@ impl Guest {
         }
         let mem = Mem::from_ranges_with_files(ranges.iter().map(|(a, l, f)| (*a, *l, f.clone())))
             .unwrap();
-        let regions: Vec<VhostUserMemoryRegionInfo> = mem
-            .iter()
-            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
-            .collect();
-        frontend.set_mem_table(&regions).unwrap();
+        frontend.set_mem_table(&region_infos(&mem)).unwrap();
 
         let mut alloc = Alloc {
             free: vec![(0x1000, at - 0x1000)],
@@ -259,6 +262,13 @@ impl Guest {
             );
             self.rings[q].kick(&self.mem);
         }
+    }
+
+    /// Sends the memory table again, as a VMM does after a layout change.
+    pub fn resend_mem_table(&self) {
+        self.frontend
+            .set_mem_table(&region_infos(&self.mem))
+            .unwrap();
     }
 
     pub fn has_feature(&self, bit: u32) -> bool {

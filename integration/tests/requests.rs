@@ -46,6 +46,18 @@ fn assert_serving_and_clean(d: &Daemon, g: &mut Guest, ctxs: &[u32]) {
     assert_eq!(s.parked_chains, 0);
 }
 
+/// The status of a raw response.
+fn raw_status(out: &[u8]) -> u32 {
+    u32::from_le_bytes(out[..4].try_into().unwrap())
+}
+
+fn fence_poll(ctx: u32, seqno: u64) -> Request {
+    Request::FencePoll(FencePoll {
+        hdr: Hdr::new(VIRTIO_ACCEL_CMD_FENCE_POLL, ctx),
+        seqno: seqno.into(),
+    })
+}
+
 fn get_caps(ctx: u32, capset: u32) -> Request {
     Request::GetCaps(GetCaps {
         hdr: Hdr::new(VIRTIO_ACCEL_CMD_GET_CAPS, ctx),
@@ -83,10 +95,7 @@ fn unknown_request_type_is_unsupported() {
     let (d, mut g) = setup();
     let (len, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, Hdr::new(0x0777, 0).as_bytes(), 16);
     assert_eq!(len, 16);
-    assert_status(
-        u32::from_le_bytes(out[..4].try_into().unwrap()),
-        UNSUPPORTED,
-    );
+    assert_status(raw_status(&out), UNSUPPORTED);
     assert_serving_and_clean(&d, &mut g, &[]);
 }
 
@@ -96,10 +105,10 @@ fn short_request_is_invalid() {
     let bytes = get_caps(0, 0).encode();
     let (len, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes[..20], 112);
     assert_eq!(len, 112);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     // Not even a header.
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes[..3], 112);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     assert_serving_and_clean(&d, &mut g, &[]);
 }
 
@@ -109,13 +118,13 @@ fn oversized_request_is_invalid() {
     let mut bytes = get_caps(0, 0).encode();
     bytes.extend([0u8; 8]);
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes, 112);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     // Far above any request the daemon reads: refused without reading it.
     let huge = vec![0u8; 8 << 20];
     let mut big = get_caps(0, 0).encode();
     big.extend(&huge);
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &big, 112);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     assert_serving_and_clean(&d, &mut g, &[]);
 }
 
@@ -125,11 +134,11 @@ fn nonzero_reserved_and_unknown_header_flags_are_invalid() {
     let mut bytes = get_caps(0, 0).encode();
     bytes[12] = 1; // hdr.padding
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes, 112);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     let mut bytes = get_caps(0, 0).encode();
     bytes[4] = 1; // hdr.flags
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes, 112);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     assert_serving_and_clean(&d, &mut g, &[]);
 }
 
@@ -139,7 +148,7 @@ fn response_area_too_small_gets_header_or_nothing() {
     // Room for a header only: ERR_INVALID header.
     let (len, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &get_caps(0, 0).encode(), 16);
     assert_eq!(len, 16);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     // Less than a header: used length 0, nothing written.
     let (len, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &get_caps(0, 0).encode(), 8);
     assert_eq!(len, 0);
@@ -177,7 +186,7 @@ fn malformed_chains_are_completed_and_the_batch_goes_on() {
         ],
     );
     assert_eq!(len, 16);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     // Readable descriptor outside guest memory: the type is unknown, so
     // the answer is a bare header.
     let (len, out) = g.call_chain(
@@ -196,7 +205,7 @@ fn malformed_chains_are_completed_and_the_batch_goes_on() {
         ],
     );
     assert_eq!(len, 16);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     // Writable descriptor outside guest memory: nothing can be written.
     let q = VIRTIO_ACCEL_VQ_CONTROL as usize;
     let head = g.rings[q].add(
@@ -259,7 +268,7 @@ fn get_caps_with_context_is_invalid() {
     let (d, mut g) = setup();
     let bytes = get_caps(3, 0).encode();
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes, 112);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     assert_serving_and_clean(&d, &mut g, &[]);
 }
 
@@ -286,7 +295,7 @@ fn ctx_create_bad_priority_is_invalid() {
     .encode();
     bytes[16] = 3;
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes, 16);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     assert_serving_and_clean(&d, &mut g, &[]);
 }
 
@@ -396,11 +405,11 @@ fn bo_create_bad_sizes_and_flags() {
     .encode();
     bytes[16..24].copy_from_slice(&0u64.to_le_bytes());
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes, 32);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     bytes[16..24].copy_from_slice(&4096u64.to_le_bytes());
     bytes[24] = 0x80;
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes, 32);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     // Byte quota: three 1 MiB buffers fit, a fourth does not.
     for _ in 0..3 {
         assert_status(g.bo_create_status(c, 1 << 20, 0).0, OK);
@@ -481,10 +490,7 @@ fn bo_in_use_by_a_job_is_busy() {
     ));
     assert_status(g.status(&detach), BUSY);
     // FENCE_POLL answers at once while the job runs.
-    let poll = Request::FencePoll(FencePoll {
-        hdr: Hdr::new(VIRTIO_ACCEL_CMD_FENCE_POLL, c),
-        seqno: 1.into(),
-    });
+    let poll = fence_poll(c, 1);
     let Response::Fence(f) = g.call(&poll) else {
         panic!()
     };
@@ -556,15 +562,15 @@ fn attach_backing_bad_inputs() {
     let mut bytes = Guest::attach_request(c, h, &[(mem, 8192)]).encode();
     bytes[20..24].copy_from_slice(&0u32.to_le_bytes());
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes[..24], 16);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     let mut bytes = Guest::attach_request(c, h, &[(mem, 4096), (mem + 4096, 4096)]).encode();
     bytes[24 + 8..24 + 12].copy_from_slice(&0u32.to_le_bytes());
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes, 16);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     let mut bytes = Guest::attach_request(c, h, &[(mem, 8192)]).encode();
     bytes[24 + 12] = 1;
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes, 16);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     // Nothing was attached by any of that.
     let info = Request::BoInfo(Guest::bo_req(VIRTIO_ACCEL_CMD_BO_INFO, c, h));
     let Response::BoInfo(i) = g.call(&info) else {
@@ -616,10 +622,7 @@ fn shared_memory_requests_are_unsupported() {
 #[test]
 fn fence_poll_unknown_context() {
     let (d, mut g) = setup();
-    let poll = Request::FencePoll(FencePoll {
-        hdr: Hdr::new(VIRTIO_ACCEL_CMD_FENCE_POLL, 5),
-        seqno: 1.into(),
-    });
+    let poll = fence_poll(5, 1);
     assert_status(g.status(&poll), UNKNOWN);
     assert_serving_and_clean(&d, &mut g, &[]);
 }
@@ -672,7 +675,7 @@ fn ioctl_bad_inputs() {
     // Payload sizes above the protocol ceiling.
     let bytes = ioctl(c, 1, &[], 8192).encode();
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &bytes, 24);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), RANGE);
+    assert_status(raw_status(&out), RANGE);
     assert_serving_and_clean(&d, &mut g, &[c]);
 }
 
@@ -729,9 +732,9 @@ fn submit_on_the_wrong_queue_is_invalid() {
     let (d, mut g) = setup();
     let c = g.ctx_create();
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_CONTROL, &submit_nop(c, 1).encode(), 32);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     let (_, out) = g.call_raw(VIRTIO_ACCEL_VQ_SUBMIT, &get_caps(0, 0).encode(), 112);
-    assert_status(u32::from_le_bytes(out[..4].try_into().unwrap()), INVALID);
+    assert_status(raw_status(&out), INVALID);
     assert_serving_and_clean(&d, &mut g, &[c]);
 }
 
@@ -915,10 +918,7 @@ fn many_jobs_in_flight_complete_in_fence_order_per_context() {
         assert!(f > prev, "context {c}: fence {f} after {prev}");
     }
     for &c in &ctxs {
-        let poll = Request::FencePoll(FencePoll {
-            hdr: Hdr::new(VIRTIO_ACCEL_CMD_FENCE_POLL, c),
-            seqno: 30.into(),
-        });
+        let poll = fence_poll(c, 30);
         let Response::Fence(f) = g.call(&poll) else {
             panic!()
         };
@@ -1024,14 +1024,8 @@ fn hung_job_loses_its_context_and_raises_an_event() {
     // The lost context refuses work but can be polled and destroyed.
     assert_status(g.submit(&submit_nop(c, 4)).status(), LOST);
     assert_status(g.bo_create_status(c, 4096, 0).0, LOST);
-    let poll = |s: u64| {
-        Request::FencePoll(FencePoll {
-            hdr: Hdr::new(VIRTIO_ACCEL_CMD_FENCE_POLL, c),
-            seqno: s.into(),
-        })
-    };
-    assert_status(g.status(&poll(1)), OK);
-    assert_status(g.status(&poll(2)), LOST);
+    assert_status(g.status(&fence_poll(c, 1)), OK);
+    assert_status(g.status(&fence_poll(c, 2)), LOST);
     // Other contexts are unaffected.
     assert_status(g.submit(&submit_nop(other, 1)).status(), OK);
     assert_serving_and_clean(&d, &mut g, &[c, other]);

@@ -72,3 +72,20 @@ fn capabilities_describe_the_software_npu() {
     assert!(g.has_feature(VIRTIO_ACCEL_F_CROSS_CTX_FENCE));
     assert!(!g.has_feature(VIRTIO_ACCEL_F_SHM_BLOB));
 }
+
+#[test]
+fn repeated_memory_table_updates_keep_buffers_working() {
+    let d = Daemon::start(Config::default(), 1);
+    let mut g = Guest::connect(d.socket(0), GuestOptions::default());
+    let ctx = g.ctx_create();
+    let w = workloads::mlp(5, 4, 32, 64, 8);
+    let l = g.load(ctx, &w, Layout::Scattered);
+    for fence in 1..=3 {
+        // The VMM sends the same layout again, as QEMU does after mapping
+        // shared memory; buffers resolve against the new table.
+        g.resend_mem_table();
+        let r = g.submit(&Guest::run_request(ctx, fence, &w, &l));
+        assert_eq!(status_name(r.status()), "VIRTIO_ACCEL_RESP_OK");
+        w.check(&g.output(&w, &l)).unwrap();
+    }
+}

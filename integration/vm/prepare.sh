@@ -68,9 +68,12 @@ if [ ! -e "$R/.ready" ]; then
 fi
 
 # Extras, added to an existing root too: Linux 6.12 headers from trixie main
-# (the module must build against both), libdrm for the drmGetVersion() check.
+# (the module must build against both), and a C toolchain with libdrm for
+# the drmGetVersion() check.
 need=()
-chroot "$R" dpkg -s libdrm-dev >/dev/null 2>&1 || need+=(libdrm-dev)
+for p in libdrm-dev gcc libc6-dev; do
+    chroot "$R" dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
 if ! ls -d "$R"/usr/src/linux-headers-6.12.*-amd64 >/dev/null 2>&1; then
     h612=$(chroot "$R" apt-cache depends "linux-headers-amd64=$(chroot "$R" apt-cache madison linux-headers-amd64 |
         awk '$3 ~ /^6\.12/ {print $3; exit}')" 2>/dev/null | grep -oE 'linux-headers-6\.12[^ ]*-amd64' | head -1)

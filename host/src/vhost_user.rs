@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
@@ -69,6 +69,7 @@ struct Inner {
     event_idx: AtomicBool,
     parked: Mutex<HashMap<u64, Parked>>,
     next_token: AtomicU64,
+    complete_lock: Mutex<()>,
 }
 
 /// One VM's device, as the vhost-user daemon drives it.
@@ -88,6 +89,7 @@ impl AccelBackend {
             device: Mutex::new(device),
             mem,
             completion: EventFd::new(EFD_NONBLOCK)?,
+            completer: OnceLock::new(),
             npu_stats: MemStats::default(),
         });
         sched.add_vm(&vm);
@@ -99,6 +101,7 @@ impl AccelBackend {
                 event_idx: AtomicBool::new(false),
                 parked: Mutex::new(HashMap::new()),
                 next_token: AtomicU64::new(1),
+                complete_lock: Mutex::new(()),
             }),
         })
     }
@@ -211,8 +214,28 @@ impl AccelBackend {
         self.notify(vring)
     }
 
+    /// Lets NPU workers complete chains themselves. The vrings live as long
+    /// as the daemon; the closure holds the backend weakly.
+    fn install_completer(&self, submit: &VringRwLock, event: &VringRwLock) {
+        if self.inner.vm.completer.get().is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let (submit, event) = (submit.clone(), event.clone());
+        let _ = self.inner.vm.completer.set(Box::new(move || {
+            let Some(inner) = weak.upgrade() else {
+                return false;
+            };
+            let b = AccelBackend { inner };
+            b.complete_jobs(&submit).is_ok() && b.deliver_events(&event).is_ok()
+        }));
+    }
+
     /// Completes the submit chains whose jobs finished.
     fn complete_jobs(&self, vring: &VringRwLock) -> Result<(), GlueError> {
+        // Workers and the vring thread both complete chains: taking and
+        // writing under one lock keeps the used ring in fence order.
+        let _order = self.inner.complete_lock.lock().unwrap();
         let done = self.inner.vm.device.lock().unwrap().take_completions();
         if done.is_empty() {
             return Ok(());
@@ -345,6 +368,7 @@ impl VhostUserBackend for AccelBackend {
         let [control, submit, event] = vrings else {
             return Ok(());
         };
+        self.install_completer(submit, event);
         match device_event {
             VIRTIO_ACCEL_VQ_CONTROL => {
                 self.drain_queue(VIRTIO_ACCEL_VQ_CONTROL, control)?;

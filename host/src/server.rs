@@ -73,8 +73,9 @@ impl Server {
         })
     }
 
-    /// Serves one VM connection on `path`, returning when it disconnects.
-    pub fn serve_once(&self, path: &Path) -> Result<(), ServeError> {
+    /// Serves one VM connection accepted on `listener` (bound to `path`),
+    /// returning when it disconnects.
+    pub fn serve_once(&self, path: &Path, listener: &mut Listener) -> Result<(), ServeError> {
         let mem = GuestMemoryAtomic::new(GuestMem::new());
         let backend = AccelBackend::new(self.config.clone(), self.sched.clone(), mem.clone())
             .map_err(ServeError::Backend)?;
@@ -89,9 +90,8 @@ impl Server {
             )
             .map_err(ServeError::Register)?;
         }
-        let mut listener = Listener::new(path, true).map_err(ServeError::Listen)?;
         // Blocks until a VM connects.
-        let started = daemon.start(&mut listener);
+        let started = daemon.start(listener);
         let handle = Arc::new(AccelBackendHandle(backend));
         if started.is_ok() {
             let mut vms = self.vms.lock().unwrap();
@@ -113,11 +113,13 @@ impl Server {
         Ok(())
     }
 
-    /// Serves `path` forever: each VM in turn, the socket re-created after
-    /// each disconnect.
+    /// Serves `path` forever, one VM after another. The socket stays bound
+    /// between VMs, so a VMM that reconnects while the last one is torn
+    /// down waits in the backlog instead of finding no socket.
     pub fn serve_forever(&self, path: &Path) -> Result<(), ServeError> {
+        let mut listener = Listener::new(path, true).map_err(ServeError::Listen)?;
         loop {
-            self.serve_once(path)?;
+            self.serve_once(path, &mut listener)?;
         }
     }
 

@@ -1090,3 +1090,14 @@ fn round_trips_through_a_large_ring_with_and_without_event_idx() {
         assert_serving_and_clean(&d, &mut g, &[c]);
     }
 }
+
+#[test]
+fn a_vm_reconnecting_at_once_finds_the_socket_served() {
+    let d = Daemon::start(Config::default(), 1);
+    for _ in 0..30 {
+        // Connect straight after the previous VM went away: the daemon
+        // must not leave a window without a listening socket.
+        let mut g = Guest::connect(d.socket(0), GuestOptions::default());
+        assert_status(g.caps().hdr.type_.get(), OK);
+    }
+}

@@ -3,8 +3,10 @@
 # the virtio-accel kernel driver, attached at the same time to one
 # vhost-device-accel daemon on the software NPU. Each guest runs accel-info,
 # accel-run (workloads checked against a CPU reference) and libdrm's
-# drmGetVersion(), then removes the device under a running job and unloads
-# the driver. PASS only if every check passed in both guests.
+# drmGetVersion(), reloads the driver, then removes the device under a
+# running job and unloads the driver. A further guest, on a daemon that hangs
+# its first job, checks that the context is reported lost. PASS only if every
+# check passed in every guest.
 #
 # Needs root on Debian (bookworm or later) with a Rust toolchain. Downloads
 # and the prepared root are cached outside the repository (prepare.sh).
@@ -26,6 +28,7 @@ K=$CACHE/kernel-$KVER
 mount -t proc proc "$R/proc" 2>/dev/null || true
 cleanup() {
     [ -n "${DAEMON:-}" ] && kill "$DAEMON" 2>/dev/null || true
+    [ -n "${HANG_DAEMON:-}" ] && kill "$HANG_DAEMON" 2>/dev/null || true
     umount "$R/proc" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -96,7 +99,7 @@ rm -rf "$S"
 chroot "$R" qemu-system-x86_64 -device help 2>/dev/null | grep -q vhost-user-test-device-pci ||
     { log "QEMU in the root lacks vhost-user-test-device-pci"; exit 1; }
 
-log "starting vhost-device-accel with $VMS sockets"
+log "starting vhost-device-accel with $VMS sockets, and one that hangs its first job"
 socks=()
 for i in $(seq 0 $((VMS - 1))); do
     rm -f "$R/tmp/accel$i.sock"
@@ -104,40 +107,53 @@ for i in $(seq 0 $((VMS - 1))); do
 done
 "$TOP/target/release/vhost-device-accel" "${socks[@]}" --log-level info >"$CACHE/daemon.log" 2>&1 &
 DAEMON=$!
-for i in $(seq 0 $((VMS - 1))); do
-    for _ in $(seq 200); do [ -S "$R/tmp/accel$i.sock" ] && break; sleep 0.05; done
+rm -f "$R/tmp/accel-hang.sock"
+echo "job_timeout_ms = 300" >"$CACHE/hang.toml"
+"$TOP/target/release/vhost-device-accel" --socket-path "$R/tmp/accel-hang.sock" --hang-jobs 1 \
+    --config "$CACHE/hang.toml" >"$CACHE/daemon-hang.log" 2>&1 &
+HANG_DAEMON=$!
+for s in "${socks[@]}" "$R/tmp/accel-hang.sock"; do
+    [ "$s" = --socket-path ] && continue
+    for _ in $(seq 200); do [ -S "$s" ] && break; sleep 0.05; done
 done
 
-log "booting $VMS guests"
-pids=()
-for i in $(seq 0 $((VMS - 1))); do
+boot() { # boot NAME SOCKET CMDLINE-EXTRA
     timeout "$TIMEOUT" chroot "$R" qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1 -m 512M \
         -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \
-        -chardev socket,id=c0,path=/tmp/accel$i.sock \
+        -chardev socket,id=c0,path="$2" \
         -device vhost-user-test-device-pci,chardev=c0,virtio-id=39,num_vqs=3,config_size=48 \
-        -kernel /tmp/vmlinuz -initrd /tmp/initrd.gz -append "console=ttyS0 panic=-1 quiet" \
-        -display none -serial stdio -monitor none -no-reboot </dev/null >"$CACHE/guest$i.log" 2>&1 &
+        -kernel /tmp/vmlinuz -initrd /tmp/initrd.gz -append "console=ttyS0 panic=-1 quiet $3" \
+        -display none -serial stdio -monitor none -no-reboot </dev/null >"$CACHE/$1.log" 2>&1
+}
+log "booting $VMS guests side by side, then the hang guest"
+pids=()
+for i in $(seq 0 $((VMS - 1))); do
+    boot "guest$i" "/tmp/accel$i.sock" "" &
     pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p" || true; done
+boot guest-hang /tmp/accel-hang.sock vaccel_test=hang || true
+kill "$HANG_DAEMON" 2>/dev/null || true
 
 fail=0
-for i in $(seq 0 $((VMS - 1))); do
-    g=$CACHE/guest$i.log
-    echo "--- guest $i"
+verdict() { # verdict NAME EXPECTED-PASSES
+    g=$CACHE/$1.log
+    echo "--- $1"
     grep -E '^(CHECK|accel-run:|accel-info:|libdrm|npu:|driver:)' "$g" | tr -d '\r' || true
     n_pass=$(grep -c '^CHECK .* PASS' "$g" || true)
-    if grep -q '^CHECK .* FAIL' "$g" || [ "$n_pass" -lt 7 ] || ! grep -q E2E-DONE "$g"; then
+    if grep -q '^CHECK .* FAIL' "$g" || [ "$n_pass" -lt "$2" ] || ! grep -q E2E-DONE "$g"; then
         fail=1
-        echo "--- guest $i: last lines"
+        echo "--- $1: last lines"
         tail -40 "$g"
     fi
-done
+}
+for i in $(seq 0 $((VMS - 1))); do verdict "guest$i" 8; done
+verdict guest-hang 4
 echo "--- daemon"
 tail -5 "$CACHE/daemon.log"
 secs=$(($(date +%s) - t0))
 if [ "$fail" = 0 ]; then
-    echo "E2E-RESULT: PASS ($VMS guests, ${secs}s)"
+    echo "E2E-RESULT: PASS ($VMS guests side by side + 1 hang guest, ${secs}s)"
 else
     echo "E2E-RESULT: FAIL (${secs}s)"
     exit 1

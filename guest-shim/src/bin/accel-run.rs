@@ -109,9 +109,36 @@ fn bad_submits(dev: &Accel) -> Result<(), String> {
     dev.bo_close(bo).map_err(|e| e.to_string())
 }
 
+/// Against a device that hangs the first job (`--hang-jobs 1`): the job's
+/// fence must complete, the device must report the context lost, and the
+/// node must refuse further work on it.
+fn hang(dev: &Accel) -> Result<(), String> {
+    let stream = virtio_accel_protocol::snpu::Program {
+        ops: vec![virtio_accel_protocol::snpu::OpDesc::Nop],
+    }
+    .encode();
+    let cmd = dev.bo_create(4096).map_err(|e| e.to_string())?;
+    dev.map(cmd).map_err(|e| e.to_string())?.write(0, &stream);
+    let done = dev.syncobj_create().map_err(|e| e.to_string())?;
+    dev.submit(&[], cmd, 0, stream.len() as u32, &[], done)
+        .map_err(|e| format!("first submit: {e}"))?;
+    dev.syncobj_wait(&[done], 60_000)
+        .map_err(|e| format!("the hung job's fence never completed: {e}"))?;
+    match dev.submit(&[], cmd, 0, stream.len() as u32, &[], 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(()),
+        r => Err(format!("submit on a lost context: got {r:?}, want EIO")),
+    }
+}
+
 fn main() -> ExitCode {
-    let path = std::env::args()
-        .nth(1)
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let hang_mode = args.first().is_some_and(|a| a == "--hang");
+    if hang_mode {
+        args.remove(0);
+    }
+    let path = args
+        .first()
+        .cloned()
         .unwrap_or_else(|| "/dev/accel/accel0".into());
     let dev = match Accel::open(&path) {
         Ok(d) => d,
@@ -120,6 +147,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if hang_mode {
+        return match hang(&dev) {
+            Ok(()) => {
+                println!("accel-run: hung job lost its context PASS");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("accel-run: hung job FAIL: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut failed = 0;
     for w in workloads::standard() {
         match run(&dev, &w) {

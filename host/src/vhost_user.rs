@@ -269,12 +269,26 @@ impl AccelBackend {
             };
             let head = chain.head_index();
             let split = queue::split(chain, &mem, 0);
-            let used = split
-                .write
-                .respond(&mem, ev.as_bytes(), ev.hdr.ctx_id.get());
+            // Only a whole event is written; `respond`'s short-buffer
+            // fallback is a response header, not an event.
+            let used = if split.write.len() >= ev.as_bytes().len() {
+                split
+                    .write
+                    .respond(&mem, ev.as_bytes(), ev.hdr.ctx_id.get())
+            } else {
+                0
+            };
             vring.add_used(head, used)?;
             delivered = true;
+            if used == 0 {
+                // Unusable buffer: the event waits for the next one.
+                self.inner.vm.device.lock().unwrap().unpop_event(ev);
+            }
         }
+        // With EVENT_IDX, publish how far the device has read so the
+        // driver notifies it when it adds buffers; without this its
+        // refills after the first events are never kicked.
+        vring.enable_notification()?;
         if delivered {
             self.notify(vring)?;
         }

@@ -35,6 +35,8 @@ pub struct GuestOptions {
     pub device_features: u64,
     pub wait: WaitMode,
     pub timeout: Duration,
+    /// Size of each buffer placed on the eventq.
+    pub event_buf_len: u32,
 }
 
 impl Default for GuestOptions {
@@ -46,6 +48,7 @@ impl Default for GuestOptions {
             device_features: 0xff_ffff,
             wait: WaitMode::Block,
             timeout: Duration::from_secs(20),
+            event_buf_len: 32,
         }
     }
 }
@@ -249,14 +252,15 @@ impl Guest {
 
     /// Places `n` event buffers on the eventq.
     pub fn fill_eventq(&mut self, n: usize) {
+        let len = self.opts.event_buf_len;
         for _ in 0..n {
-            let buf = self.alloc.alloc(32, 8);
+            let buf = self.alloc.alloc(len.into(), 8);
             let q = VIRTIO_ACCEL_VQ_EVENT as usize;
             self.rings[q].add(
                 &self.mem,
                 &[Desc {
                     addr: buf,
-                    len: 32,
+                    len,
                     write: true,
                 }],
             );
@@ -438,9 +442,12 @@ impl Guest {
                 .mem
                 .read_obj(GuestAddress(self.rings[q].desc + 16 * u64::from(head)))
                 .unwrap();
-            let mut b = vec![0u8; len as usize];
-            self.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
-            out.push(Event::decode(&b).expect("valid event"));
+            // A buffer completed empty carried no event.
+            if len > 0 {
+                let mut b = vec![0u8; len as usize];
+                self.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+                out.push(Event::decode(&b).expect("valid event"));
+            }
             self.alloc.free(addr);
             self.fill_eventq(1);
         }

@@ -1031,6 +1031,34 @@ fn hung_job_loses_its_context_and_raises_an_event() {
     assert_serving_and_clean(&d, &mut g, &[c, other]);
 }
 
+#[test]
+fn event_buffers_too_small_are_returned_empty_and_the_event_waits() {
+    let mut cfg = Config::default();
+    cfg.sim.faults.hang_jobs = vec![1];
+    cfg.job_timeout_ms = 100;
+    let d = Daemon::start(cfg, 1);
+    let mut g = Guest::connect(
+        d.socket(0),
+        GuestOptions {
+            event_buf_len: 16,
+            ..GuestOptions::default()
+        },
+    );
+    let c = g.ctx_create();
+    assert_status(g.submit(&submit_nop(c, 1)).status(), LOST);
+    // Every 16-byte buffer comes back empty; nothing bogus is delivered.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(g.events().is_empty());
+    assert_eq!(d.vm_stats(0).unwrap().counts.events, 1, "event kept");
+    // A buffer of the right size receives the event.
+    g.opts.event_buf_len = 32;
+    g.fill_eventq(1);
+    let ev = g.wait_event();
+    assert_eq!(ev.hdr.type_.get(), VIRTIO_ACCEL_EVENT_CONTEXT_LOST);
+    assert_eq!(ev.hdr.ctx_id.get(), c);
+    assert_serving_and_clean(&d, &mut g, &[c]);
+}
+
 // ---- lifecycle ----
 
 #[test]

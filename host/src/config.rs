@@ -39,6 +39,9 @@ pub struct Limits {
     pub max_in_fences: u32,
     pub max_sg_entries: u32,
     pub max_jobs_in_flight: u32,
+    /// Host working memory one job may need (software NPU: the arrays its
+    /// ops gather into, appendix A); a job above it is `ERR_QUOTA`.
+    pub max_job_memory: u64,
 }
 
 impl Default for Limits {
@@ -54,6 +57,7 @@ impl Default for Limits {
             max_in_fences: 32,
             max_sg_entries: 65536,
             max_jobs_in_flight: 256,
+            max_job_memory: 64 << 20,
         }
     }
 }
@@ -143,6 +147,13 @@ impl Config {
                 "max_contexts, max_jobs_in_flight and max_bo_size must be nonzero".into(),
             ));
         }
+        // The command stream is copied out of guest memory at SUBMIT.
+        const MAX_CMD: u32 = 64 << 20;
+        if l.max_cmd_size == 0 || l.max_cmd_size > MAX_CMD {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_cmd_size must be 1 to {MAX_CMD}"
+            )));
+        }
         Ok(())
     }
 
@@ -161,6 +172,10 @@ impl Config {
             max_jobs_in_flight: l.max_jobs_in_flight.into(),
             shm_id: 0,
             padding: [0; 7],
+            max_total_bo_bytes: l.max_total_bo_bytes.into(),
+            max_job_memory: l.max_job_memory.into(),
+            max_bos: l.max_bos.into(),
+            padding2: 0.into(),
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 /// Guest memory of one VM (no dirty-page bitmap).
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -29,7 +29,9 @@ impl Backing {
     /// A backing from `(address, length)` ranges; the caller has checked
     /// that addresses and lengths do not overflow.
     pub fn new(ranges: Vec<(u64, u32)>) -> Backing {
-        let len = ranges.iter().map(|&(_, l)| u64::from(l)).sum();
+        let len = ranges
+            .iter()
+            .fold(0u64, |a, &(_, l)| a.saturating_add(u64::from(l)));
         Backing { ranges, len }
     }
 
@@ -135,19 +137,29 @@ impl<'m> BoMem<'m> {
         &self,
         off: u64,
         len: usize,
-        mut f: impl FnMut(usize, VolatileSlice<'m>),
+        mut f: impl FnMut(usize, VolatileSlice<'m>) -> Result<(), MemError>,
     ) -> Result<(), MemError> {
         self.check(off, len)?;
-        let mut i = self.segs.partition_point(|(start, _)| *start <= off) - 1;
+        let oob = || MemError::OutOfBounds {
+            off,
+            len: len as u64,
+            size: self.len,
+        };
+        let mut i = self
+            .segs
+            .partition_point(|(start, _)| *start <= off)
+            .checked_sub(1)
+            .ok_or_else(oob)?;
         let mut done = 0usize;
         while done < len {
-            let (start, seg) = &self.segs[i];
-            let in_seg = (off + done as u64 - start) as usize;
-            let n = (seg.len() - in_seg).min(len - done);
-            let sub = seg
-                .subslice(in_seg, n)
-                .expect("range inside segment by construction");
-            f(done, sub);
+            let (start, seg) = self.segs.get(i).ok_or_else(oob)?;
+            let in_seg = usize::try_from(off + done as u64 - start).map_err(|_| oob())?;
+            let n = seg.len().saturating_sub(in_seg).min(len - done);
+            if n == 0 {
+                return Err(oob());
+            }
+            let sub = seg.subslice(in_seg, n).map_err(|_| oob())?;
+            f(done, sub)?;
             done += n;
             i += 1;
         }
@@ -156,23 +168,32 @@ impl<'m> BoMem<'m> {
 
     /// Reads `buf.len()` bytes at `off` into NPU working memory.
     pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.for_range(off, buf.len(), |at, s| {
-            let n = s.len();
-            s.read_slice(&mut buf[at..at + n], 0)
-                .expect("slice length matches");
+        let total = buf.len();
+        self.for_range(off, total, |at, s| {
+            let dst = buf.get_mut(at..at + s.len()).ok_or(MemError::OutOfBounds {
+                off,
+                len: total as u64,
+                size: self.len,
+            })?;
+            s.copy_to(dst);
+            Ok(())
         })?;
         self.stats
             .npu_read
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            .fetch_add(total as u64, Ordering::Relaxed);
         Ok(())
     }
 
     /// Writes `buf` at `off` (an op's output).
     pub fn write(&self, off: u64, buf: &[u8]) -> Result<(), MemError> {
         self.for_range(off, buf.len(), |at, s| {
-            let n = s.len();
-            s.write_slice(&buf[at..at + n], 0)
-                .expect("slice length matches");
+            let src = buf.get(at..at + s.len()).ok_or(MemError::OutOfBounds {
+                off,
+                len: buf.len() as u64,
+                size: self.len,
+            })?;
+            s.copy_from(src);
+            Ok(())
         })?;
         self.stats
             .npu_written
@@ -191,16 +212,17 @@ impl<'m> BoMem<'m> {
     ) -> Result<(), MemError> {
         dst.check(dst_off, len)?;
         self.for_range(off, len, |at, src| {
-            let mut done = 0;
             dst.for_range(dst_off + at as u64, src.len(), |d_at, d| {
                 let piece = src
                     .subslice(d_at, d.len())
-                    .expect("piece inside source slice");
+                    .map_err(|_| MemError::OutOfBounds {
+                        off,
+                        len: len as u64,
+                        size: self.len,
+                    })?;
                 piece.copy_to_volatile_slice(d);
-                done += piece.len();
+                Ok(())
             })
-            .expect("destination range checked above");
-            debug_assert_eq!(done, src.len());
         })?;
         dst.stats
             .npu_written
@@ -212,6 +234,7 @@ impl<'m> BoMem<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::Bytes;
 
     fn mem() -> GuestMem {
         // Two regions with a hole between them.

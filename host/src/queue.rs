@@ -1,25 +1,73 @@
-//! Descriptor chains: split a chain into the request bytes (device-readable
-//! part, copied out once and bounded) and the response area (device-writable
-//! part, kept as guest addresses so a parked chain holds no mapping), and
-//! write responses with the spec's rules for short buffers.
-
-use std::ops::Deref;
+//! Descriptor chains: walk a chain strictly (spec §8, "Descriptor chains"),
+//! split it into the request bytes (device-readable part, copied out once
+//! and bounded) and the response area (device-writable part, kept as guest
+//! addresses so a parked chain holds no mapping), and write responses with
+//! the spec's rules for short buffers.
+//!
+//! The walk reads the descriptor table itself rather than through
+//! virtio-queue's chain iterator, which ends a chain silently on a loop, a
+//! bad index or a bad indirect table; here each of those is an error, so
+//! the chain is answered as malformed instead of as a shorter request.
 
 use virtio_accel_protocol::{Hdr, VIRTIO_ACCEL_RESP_ERR_INVALID};
-use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use zerocopy::IntoBytes;
 
 use crate::memory::GuestMem;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+const DESC_SIZE: u64 = 16;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
+    // The chain's shape cannot be trusted: answered with used length 0.
+    #[error("descriptor index {index} outside a table of {size}")]
+    BadIndex { index: u16, size: u16 },
+    #[error("descriptor table at {0:#x} is not in guest memory")]
+    BadTable(u64),
+    #[error("chain loops or is longer than the queue")]
+    TooLong,
+    #[error("indirect descriptor with NEXT set")]
+    IndirectWithNext,
+    #[error("indirect descriptor inside an indirect table")]
+    NestedIndirect,
+    #[error("indirect table of {0} bytes is empty or not whole descriptors")]
+    BadIndirect(u32),
+    // A well-formed chain whose contents are wrong: answered ERR_INVALID.
+    #[error("zero-length descriptor")]
+    ZeroLength,
     #[error("device-readable descriptor after a device-writable one")]
     ReadAfterWrite,
     #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
     BadAddress { addr: u64, len: u32 },
-    #[error("chain lengths overflow")]
+    #[error("chain lengths add up to more than 4 GiB")]
     Overflow,
+}
+
+impl ChainError {
+    /// Whether the chain's descriptors themselves are unusable, so that not
+    /// even its writable part may be written.
+    pub fn is_structural(&self) -> bool {
+        matches!(
+            self,
+            ChainError::BadIndex { .. }
+                | ChainError::BadTable(_)
+                | ChainError::TooLong
+                | ChainError::IndirectWithNext
+                | ChainError::NestedIndirect
+                | ChainError::BadIndirect(_)
+        )
+    }
+}
+
+/// One descriptor as the device uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    write: bool,
 }
 
 /// The device-writable part of a chain.
@@ -35,33 +83,119 @@ pub struct Split {
     /// request is still recognised as such by the decoder.
     pub request: Vec<u8>,
     pub write: WriteArea,
-    /// Why the request part is unusable, if it is.
+    /// Why the chain is unusable, if it is.
     pub error: Option<ChainError>,
 }
 
-/// Takes a chain apart; never fails, so every chain can be answered.
-pub fn split<M>(chain: DescriptorChain<M>, mem: &GuestMem, max: usize) -> Split
-where
-    M: Deref,
-    M::Target: vm_memory::GuestMemory,
-{
-    let mut reads: Vec<(GuestAddress, u32)> = Vec::new();
-    let mut write = WriteArea::default();
-    let mut read_len: usize = 0;
-    let mut error = None;
-    for d in chain {
-        if d.is_write_only() {
-            match write.len.checked_add(d.len() as usize) {
-                Some(l) => write.len = l,
-                None => error = Some(ChainError::Overflow),
+/// The descriptors of the chain at `head` of a queue of `size` entries
+/// whose table is at `table`. At most `size` descriptors are visited in all
+/// (the virtio limit on a chain, indirect tables included), so a hostile
+/// chain costs at most that much work.
+fn walk(mem: &GuestMem, table: u64, size: u16, head: u16) -> Result<Vec<Desc>, ChainError> {
+    let mut descs = Vec::new();
+    let (mut tab, mut tab_size, mut idx) = (table, size, head);
+    let mut indirect = false;
+    let mut visited = 0usize;
+    loop {
+        if idx >= tab_size {
+            return Err(ChainError::BadIndex {
+                index: idx,
+                size: tab_size,
+            });
+        }
+        visited += 1;
+        if visited > usize::from(size) {
+            return Err(ChainError::TooLong);
+        }
+        let at = tab
+            .checked_add(u64::from(idx) * DESC_SIZE)
+            .ok_or(ChainError::BadTable(tab))?;
+        let raw: [u8; 16] = mem
+            .read_obj(GuestAddress(at))
+            .map_err(|_| ChainError::BadTable(tab))?;
+        let addr = u64::from_le_bytes([
+            raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
+        ]);
+        let len = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
+        let flags = u16::from_le_bytes([raw[12], raw[13]]);
+        let next = u16::from_le_bytes([raw[14], raw[15]]);
+        if flags & F_INDIRECT != 0 {
+            if indirect {
+                return Err(ChainError::NestedIndirect);
             }
-            write.descs.push((d.addr(), d.len()));
-        } else if !write.descs.is_empty() {
+            if flags & F_NEXT != 0 {
+                return Err(ChainError::IndirectWithNext);
+            }
+            let n = len / DESC_SIZE as u32;
+            if len == 0 || len % DESC_SIZE as u32 != 0 || n > u32::from(u16::MAX) {
+                return Err(ChainError::BadIndirect(len));
+            }
+            (tab, tab_size, idx, indirect) = (addr, n as u16, 0, true);
+            continue;
+        }
+        descs.push(Desc {
+            addr,
+            len,
+            write: flags & F_WRITE != 0,
+        });
+        if flags & F_NEXT == 0 {
+            return Ok(descs);
+        }
+        idx = next;
+    }
+}
+
+/// Takes the chain at `head` apart; never fails, so every chain with a
+/// valid head can be answered.
+pub fn split(mem: &GuestMem, table: u64, size: u16, head: u16, max: usize) -> Split {
+    let mut split = Split {
+        request: Vec::new(),
+        write: WriteArea::default(),
+        error: None,
+    };
+    let descs = match walk(mem, table, size, head) {
+        Ok(d) => d,
+        Err(e) => {
+            split.error = Some(e);
+            return split;
+        }
+    };
+    let mut reads: Vec<(GuestAddress, u32)> = Vec::new();
+    let mut read_len: usize = 0;
+    let mut total: u32 = 0;
+    let mut error = None;
+    let mut write_ok = true;
+    for d in descs {
+        match total.checked_add(d.len) {
+            Some(t) => total = t,
+            None => {
+                error.get_or_insert(ChainError::Overflow);
+            }
+        }
+        if d.len == 0 {
+            error.get_or_insert(ChainError::ZeroLength);
+            continue;
+        }
+        if d.write {
+            if !mem.check_range(GuestAddress(d.addr), d.len as usize) {
+                error.get_or_insert(ChainError::BadAddress {
+                    addr: d.addr,
+                    len: d.len,
+                });
+                write_ok = false;
+            }
+            split.write.len = split.write.len.saturating_add(d.len as usize);
+            split.write.descs.push((GuestAddress(d.addr), d.len));
+        } else if !split.write.descs.is_empty() {
             error.get_or_insert(ChainError::ReadAfterWrite);
         } else {
-            read_len = read_len.saturating_add(d.len() as usize);
-            reads.push((d.addr(), d.len()));
+            read_len = read_len.saturating_add(d.len as usize);
+            reads.push((GuestAddress(d.addr), d.len));
         }
+    }
+    if !write_ok {
+        // Nothing may be written to a chain naming memory outside the guest.
+        split.write = WriteArea::default();
     }
     let want = read_len.min(max.saturating_add(1));
     let mut request = vec![0u8; want];
@@ -71,17 +205,18 @@ where
             break;
         }
         let n = (len as usize).min(want - at);
-        if mem.read_slice(&mut request[at..at + n], addr).is_err() {
+        let Some(dst) = request.get_mut(at..at + n) else {
+            break;
+        };
+        if mem.read_slice(dst, addr).is_err() {
             error.get_or_insert(ChainError::BadAddress { addr: addr.0, len });
             break;
         }
         at += n;
     }
-    Split {
-        request,
-        write,
-        error,
-    }
+    split.request = request;
+    split.error = error;
+    split
 }
 
 impl WriteArea {
@@ -93,6 +228,22 @@ impl WriteArea {
         self.len == 0
     }
 
+    /// Keeps only the descriptors needed for the first `n` bytes: what a
+    /// parked chain holds until its job is answered.
+    pub fn truncate(&mut self, n: usize) {
+        let mut covered = 0usize;
+        let mut keep = 0;
+        for &(_, len) in &self.descs {
+            if covered >= n {
+                break;
+            }
+            covered = covered.saturating_add(len as usize);
+            keep += 1;
+        }
+        self.descs.truncate(keep);
+        self.len = self.len.min(covered);
+    }
+
     fn write_all(&self, mem: &GuestMem, bytes: &[u8]) -> bool {
         let mut at = 0;
         for &(addr, len) in &self.descs {
@@ -100,7 +251,10 @@ impl WriteArea {
                 break;
             }
             let n = (len as usize).min(bytes.len() - at);
-            if mem.write_slice(&bytes[at..at + n], addr).is_err() {
+            let Some(src) = bytes.get(at..at + n) else {
+                return false;
+            };
+            if mem.write_slice(src, addr).is_err() {
                 return false;
             }
             at += n;

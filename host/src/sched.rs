@@ -6,7 +6,8 @@
 //! vring thread through its completion eventfd. The vring threads never
 //! wait for a job.
 
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -70,8 +71,15 @@ impl Scheduler {
                     .expect("spawn NPU worker")
             })
             .collect();
-        *s.workers.lock().unwrap() = handles;
+        *s.workers.lock().unwrap_or_else(PoisonError::into_inner) = handles;
         s
+    }
+
+    /// The scheduler's own state: a list of VMs and a cursor, consistent
+    /// at every point a panic could leave it, so a poisoned lock is used
+    /// as it is.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn driver(&self) -> &Arc<dyn NpuDriver> {
@@ -79,7 +87,7 @@ impl Scheduler {
     }
 
     pub fn add_vm(&self, vm: &Arc<VmSlot>) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state();
         st.vms.retain(|w| w.strong_count() > 0);
         st.vms.push(Arc::downgrade(vm));
     }
@@ -87,15 +95,20 @@ impl Scheduler {
     /// Tells the workers there may be new work. Call without holding any
     /// VM's device lock.
     pub fn kick(&self) {
-        drop(self.state.lock().unwrap());
+        drop(self.state());
         self.wake.notify_all();
     }
 
     /// Stops the workers after their current job.
     pub fn shutdown(&self) {
-        self.state.lock().unwrap().shutdown = true;
+        self.state().shutdown = true;
         self.wake.notify_all();
-        for h in self.workers.lock().unwrap().drain(..) {
+        for h in self
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
             let _ = h.join();
         }
     }
@@ -106,7 +119,7 @@ impl Scheduler {
     /// sleeping thread costs about as much again.
     fn pick(&self, last_job: Option<Instant>) -> Option<(Arc<VmSlot>, crate::device::Ticket)> {
         const POLL: Duration = Duration::from_micros(200);
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state();
         loop {
             if st.shutdown {
                 return None;
@@ -118,7 +131,12 @@ impl Scheduler {
                 let Some(vm) = st.vms[idx].upgrade() else {
                     continue;
                 };
-                let ticket = vm.device.lock().unwrap().next_job();
+                // A VM whose state a panic left broken is skipped, never
+                // unwrapped: it must not cost the others anything.
+                let ticket = match vm.device.lock() {
+                    Ok(mut d) => catch_unwind(AssertUnwindSafe(|| d.next_job())).unwrap_or(None),
+                    Err(_) => None,
+                };
                 if let Some(t) = ticket {
                     st.cursor = idx + 1;
                     return Some((vm, t));
@@ -127,10 +145,10 @@ impl Scheduler {
             if last_job.is_some_and(|t| t.elapsed() < POLL) {
                 drop(st);
                 std::thread::yield_now();
-                st = self.state.lock().unwrap();
+                st = self.state();
                 continue;
             }
-            st = self.wake.wait(st).unwrap();
+            st = self.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -138,7 +156,9 @@ impl Scheduler {
         let mut last_job = None;
         while let Some((vm, ticket)) = self.pick(last_job) {
             let start = Instant::now();
-            let result = {
+            // A panic in the NPU fails this job (its context is lost with a
+            // device error); the worker lives on.
+            let result = catch_unwind(AssertUnwindSafe(|| {
                 let mem = vm.mem.memory();
                 let resolved: Result<Vec<_>, _> = ticket
                     .backings
@@ -151,14 +171,14 @@ impl Scheduler {
                         .execute(&ticket.prepared, &bos, start + self.timeout),
                     Err(e) => Err(DriverError::OutOfRange(e.to_string())),
                 }
-            };
+            }))
+            .unwrap_or_else(|_| Err(DriverError::Internal("the NPU panicked".into())));
             if let Err(e) = &result {
                 tracing::debug!(ctx = ticket.ctx_id, "job failed: {e}");
             }
-            vm.device
-                .lock()
-                .unwrap()
-                .finish(ticket.ctx_id, result, start.elapsed());
+            if let Ok(mut d) = vm.device.lock() {
+                d.finish(ticket.ctx_id, result, start.elapsed());
+            }
             let delivered = vm.completer.get().is_some_and(|c| c());
             if !delivered {
                 let _ = vm.completion.write(1);

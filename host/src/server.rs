@@ -3,7 +3,7 @@
 //! the socket served again once the VM has gone.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use vhost::vhost_user::{Error as VhostUserError, Listener};
@@ -94,7 +94,7 @@ impl Server {
         let started = daemon.start(listener);
         let handle = Arc::new(AccelBackendHandle(backend));
         if started.is_ok() {
-            let mut vms = self.vms.lock().unwrap();
+            let mut vms = self.vms.lock().unwrap_or_else(PoisonError::into_inner);
             vms.retain(|(_, w)| w.strong_count() > 0);
             vms.push((path.to_owned(), Arc::downgrade(&handle)));
         }
@@ -138,13 +138,13 @@ impl Server {
 
     /// Per-VM state of the VMs connected now, by socket path.
     pub fn stats(&self) -> Vec<(PathBuf, VmStats)> {
-        let vms = self.vms.lock().unwrap();
+        let vms = self.vms.lock().unwrap_or_else(PoisonError::into_inner);
         vms.iter()
             .filter_map(|(p, w)| w.upgrade().map(|h| (p.clone(), h)))
-            .map(|(p, h)| {
+            .filter_map(|(p, h)| {
                 let b = &h.0;
                 let vm = b.vm();
-                let dev = vm.device.lock().unwrap();
+                let dev = vm.device.lock().ok()?;
                 let s = VmStats {
                     counts: dev.counts(),
                     parked_chains: b.parked(),
@@ -152,7 +152,7 @@ impl Server {
                     npu_bytes_written: vm.npu_stats.npu_written.load(Ordering::Relaxed),
                     cmd_bytes_copied: dev.cmd_stats.npu_read.load(Ordering::Relaxed),
                 };
-                (p, s)
+                Some((p, s))
             })
             .collect()
     }

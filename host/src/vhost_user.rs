@@ -8,8 +8,9 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
@@ -38,16 +39,19 @@ pub const COMPLETION_EVENT: u16 = VIRTIO_ACCEL_NUM_QUEUES as u16 + 1;
 /// Device feature bits this device offers.
 pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_ACCEL_F_INLINE_CMD)
     | (1 << VIRTIO_ACCEL_F_IOCTL)
-    | (1 << VIRTIO_ACCEL_F_CROSS_CTX_FENCE);
+    | (1 << VIRTIO_ACCEL_F_CROSS_CTX_FENCE)
+    | (1 << VIRTIO_ACCEL_F_QUOTAS);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GlueError {
     #[error("unknown device event {0}")]
     UnknownEvent(u16),
-    #[error("virtqueue: {0}")]
-    Queue(#[from] virtio_queue::Error),
+    #[error("queue {0}: {1}")]
+    Ring(u16, virtio_queue::Error),
     #[error("eventfd: {0}")]
     EventFd(io::Error),
+    #[error("the VM's device state was left broken by a panic")]
+    Poisoned,
 }
 
 impl From<GlueError> for io::Error {
@@ -70,6 +74,16 @@ struct Inner {
     parked: Mutex<HashMap<u64, Parked>>,
     next_token: AtomicU64,
     complete_lock: Mutex<()>,
+    /// Queues found broken (bit per queue): not processed until reset.
+    broken: AtomicU8,
+    /// Set once the VM's state was left inconsistent by a panic: it is no
+    /// longer served, and nothing of it is touched again.
+    dead: AtomicBool,
+}
+
+/// Locks a mutex the VM owns; a poisoned one means the VM is broken.
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, GlueError> {
+    m.lock().map_err(|_| GlueError::Poisoned)
 }
 
 /// One VM's device, as the vhost-user daemon drives it.
@@ -102,6 +116,8 @@ impl AccelBackend {
                 parked: Mutex::new(HashMap::new()),
                 next_token: AtomicU64::new(1),
                 complete_lock: Mutex::new(()),
+                broken: AtomicU8::new(0),
+                dead: AtomicBool::new(false),
             }),
         })
     }
@@ -112,19 +128,37 @@ impl AccelBackend {
 
     /// Chains waiting for their job.
     pub fn parked(&self) -> usize {
-        self.inner.parked.lock().unwrap().len()
+        self.inner.parked.lock().map_or(0, |p| p.len())
     }
 
     pub fn completion_fd(&self) -> &EventFd {
         &self.inner.vm.completion
     }
 
+    fn device(&self) -> Result<MutexGuard<'_, Device>, GlueError> {
+        lock(&self.inner.vm.device)
+    }
+
     /// Tells the driver about used buffers, honouring EVENT_IDX.
-    fn notify(&self, vring: &VringRwLock) -> Result<(), GlueError> {
-        if !self.inner.event_idx.load(Ordering::Relaxed) || vring.needs_notification()? {
-            vring.signal_used_queue().map_err(GlueError::EventFd)?;
+    fn notify(&self, q: u16, vring: &VringRwLock) {
+        let needed = if self.inner.event_idx.load(Ordering::Relaxed) {
+            vring.needs_notification().unwrap_or(true)
+        } else {
+            true
+        };
+        if needed {
+            if let Err(e) = vring.signal_used_queue() {
+                tracing::warn!("queue {q}: notifying the driver: {e}");
+            }
         }
-        Ok(())
+    }
+
+    /// Returns a used chain. A head the queue refuses is logged, never
+    /// fatal: the chains after it are still answered.
+    fn add_used(&self, q: u16, vring: &VringRwLock, head: u16, used: u32) {
+        if let Err(e) = vring.add_used(head, used) {
+            tracing::warn!("queue {q}: returning chain {head}: {e}");
+        }
     }
 
     /// Drains a request queue: disable notifications, process, re-enable,
@@ -132,9 +166,14 @@ impl AccelBackend {
     fn drain_queue(&self, q: u16, vring: &VringRwLock) -> Result<(), GlueError> {
         if self.inner.event_idx.load(Ordering::Relaxed) {
             loop {
-                vring.disable_notification()?;
+                vring
+                    .disable_notification()
+                    .map_err(|e| GlueError::Ring(q, e))?;
                 self.process_queue(q, vring)?;
-                if !vring.enable_notification()? {
+                if !vring
+                    .enable_notification()
+                    .map_err(|e| GlueError::Ring(q, e))?
+                {
                     break;
                 }
             }
@@ -144,21 +183,45 @@ impl AccelBackend {
         Ok(())
     }
 
+    /// The heads of the chains the driver made available, with the queue's
+    /// descriptor table and size. An avail index the queue refuses (more
+    /// chains than entries) breaks the ring.
+    fn pop_heads(
+        &self,
+        q: u16,
+        vring: &VringRwLock,
+        mem: &GuestMem,
+    ) -> Result<(u64, u16, Vec<u16>), GlueError> {
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        let (table, size) = (queue.desc_table(), queue.size());
+        let heads = queue
+            .iter(mem)
+            .map_err(|e| GlueError::Ring(q, e))?
+            .map(|c| c.head_index())
+            .collect();
+        Ok((table, size, heads))
+    }
+
     fn process_queue(&self, q: u16, vring: &VringRwLock) -> Result<(), GlueError> {
         let mem = self.inner.vm.mem.memory();
-        let chains: Vec<_> = vring.get_mut().get_queue_mut().iter(mem.clone())?.collect();
-        if chains.is_empty() {
+        let (table, size, heads) = self.pop_heads(q, vring, &mem)?;
+        if heads.is_empty() {
             return Ok(());
         }
         let max = self.inner.config.max_request_bytes();
         let limits = self.inner.config.decode_limits();
         let mut queued = false;
-        for chain in chains {
-            let head = chain.head_index();
-            let split = queue::split(chain, &mem, max);
+        for head in heads {
+            if head >= size {
+                // No used entry can name it; the chains after it go on.
+                tracing::warn!("queue {q}: avail entry names descriptor {head} of {size}");
+                continue;
+            }
+            let mut split = queue::split(&mem, table, size, head, max);
             let decoded = match &split.error {
                 Some(e) => {
-                    tracing::debug!("malformed chain {head}: {e}");
+                    tracing::debug!("queue {q}: malformed chain {head}: {e}");
                     Err(None)
                 }
                 None => Request::decode(&split.request, &limits).map_err(Some),
@@ -167,38 +230,43 @@ impl AccelBackend {
                 Err(e) => {
                     let hdr = request::peek_hdr(&split.request).unwrap_or_default();
                     let status = e.map_or(VIRTIO_ACCEL_RESP_ERR_INVALID, |e| {
-                        tracing::debug!("bad request: {e}");
+                        tracing::debug!("queue {q}: bad request: {e}");
                         e.status()
                     });
                     Response::error(hdr.type_.get(), hdr.ctx_id.get(), status)
                 }
+                Ok(req) if split.write.len() < req.response_size() => {
+                    // Validate, then act: a request whose answer cannot be
+                    // written is refused before it changes anything.
+                    let hdr = req.hdr();
+                    Response::error(
+                        hdr.type_.get(),
+                        hdr.ctx_id.get(),
+                        VIRTIO_ACCEL_RESP_ERR_INVALID,
+                    )
+                }
                 Ok(req) => {
                     let ctx_id = req.hdr().ctx_id.get();
                     let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+                    // A parked chain keeps only what its response needs.
+                    split.write.truncate(req.response_size());
                     // Park first: the job may complete before this returns.
-                    let write = split.write.clone();
-                    self.inner.parked.lock().unwrap().insert(
+                    lock(&self.inner.parked)?.insert(
                         token,
                         Parked {
                             head,
-                            write,
+                            write: split.write.clone(),
                             ctx_id,
                         },
                     );
-                    let outcome = self
-                        .inner
-                        .vm
-                        .device
-                        .lock()
-                        .unwrap()
-                        .handle(q, req, &mem, token);
+                    let outcome = self.device()?.handle(q, req, &mem, token);
                     match outcome {
                         Outcome::Queued => {
                             queued = true;
                             continue;
                         }
                         Outcome::Respond(r) => {
-                            self.inner.parked.lock().unwrap().remove(&token);
+                            lock(&self.inner.parked)?.remove(&token);
                             r
                         }
                     }
@@ -206,12 +274,13 @@ impl AccelBackend {
             };
             let ctx = response.hdr().ctx_id.get();
             let used = split.write.respond(&mem, &response.encode(), ctx);
-            vring.add_used(head, used)?;
+            self.add_used(q, vring, head, used);
         }
         if queued {
             self.inner.sched.kick();
         }
-        self.notify(vring)
+        self.notify(q, vring);
+        Ok(())
     }
 
     /// Lets NPU workers complete chains themselves. The vrings live as long
@@ -227,6 +296,9 @@ impl AccelBackend {
                 return false;
             };
             let b = AccelBackend { inner };
+            if b.inner.dead.load(Ordering::Relaxed) {
+                return true;
+            }
             b.complete_jobs(&submit).is_ok() && b.deliver_events(&event).is_ok()
         }));
     }
@@ -235,62 +307,135 @@ impl AccelBackend {
     fn complete_jobs(&self, vring: &VringRwLock) -> Result<(), GlueError> {
         // Workers and the vring thread both complete chains: taking and
         // writing under one lock keeps the used ring in fence order.
-        let _order = self.inner.complete_lock.lock().unwrap();
-        let done = self.inner.vm.device.lock().unwrap().take_completions();
+        let _order = lock(&self.inner.complete_lock)?;
+        let done = self.device()?.take_completions();
         if done.is_empty() {
             return Ok(());
         }
         let mem = self.inner.vm.mem.memory();
         for c in done {
-            let Some(p) = self.inner.parked.lock().unwrap().remove(&c.token) else {
+            let Some(p) = lock(&self.inner.parked)?.remove(&c.token) else {
                 continue;
             };
             let used = p.write.respond(&mem, &c.response.encode(), p.ctx_id);
-            vring.add_used(p.head, used)?;
+            self.add_used(VIRTIO_ACCEL_VQ_SUBMIT, vring, p.head, used);
         }
-        self.notify(vring)
+        self.notify(VIRTIO_ACCEL_VQ_SUBMIT, vring);
+        Ok(())
     }
 
     /// Moves pending events into eventq buffers.
     fn deliver_events(&self, vring: &VringRwLock) -> Result<(), GlueError> {
+        const Q: u16 = VIRTIO_ACCEL_VQ_EVENT;
+        if self.is_broken(Q) {
+            return Ok(());
+        }
         let mem = self.inner.vm.mem.memory();
         let mut delivered = false;
         loop {
-            let Some(ev) = self.inner.vm.device.lock().unwrap().pop_event() else {
+            let Some(ev) = self.device()?.pop_event() else {
                 break;
             };
-            let Some(chain) = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone())
-            else {
-                self.inner.vm.device.lock().unwrap().unpop_event(ev);
-                break;
+            let next = {
+                let mut state = vring.get_mut();
+                let queue = state.get_queue_mut();
+                let (table, size) = (queue.desc_table(), queue.size());
+                queue
+                    .iter(&*mem)
+                    .map_err(|e| GlueError::Ring(Q, e))
+                    .map(|mut it| it.next().map(|c| (table, size, c.head_index())))
             };
-            let head = chain.head_index();
-            let split = queue::split(chain, &mem, 0);
+            let (table, size, head) = match next {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    self.device()?.unpop_event(ev);
+                    break;
+                }
+                Err(e) => {
+                    self.device()?.unpop_event(ev);
+                    return Err(e);
+                }
+            };
+            if head >= size {
+                tracing::warn!("eventq: avail entry names descriptor {head} of {size}");
+                self.device()?.unpop_event(ev);
+                continue;
+            }
+            let split = queue::split(&mem, table, size, head, 0);
             // Only a whole event is written; `respond`'s short-buffer
             // fallback is a response header, not an event.
-            let used = if split.write.len() >= ev.as_bytes().len() {
+            let used = if split.error.is_none() && split.write.len() >= ev.as_bytes().len() {
                 split
                     .write
                     .respond(&mem, ev.as_bytes(), ev.hdr.ctx_id.get())
             } else {
                 0
             };
-            vring.add_used(head, used)?;
+            self.add_used(Q, vring, head, used);
             delivered = true;
             if used == 0 {
                 // Unusable buffer: the event waits for the next one.
-                self.inner.vm.device.lock().unwrap().unpop_event(ev);
+                self.device()?.unpop_event(ev);
             }
         }
         // With EVENT_IDX, publish how far the device has read so the
         // driver notifies it when it adds buffers; without this its
         // refills after the first events are never kicked.
-        vring.enable_notification()?;
+        vring
+            .enable_notification()
+            .map_err(|e| GlueError::Ring(Q, e))?;
         if delivered {
-            self.notify(vring)?;
+            self.notify(Q, vring);
+        }
+        Ok(())
+    }
+
+    fn is_broken(&self, q: u16) -> bool {
+        self.inner.broken.load(Ordering::Relaxed) & (1 << q) != 0
+    }
+
+    /// A ring the device cannot use any more (its avail index claims more
+    /// chains than it has entries): the queue is no longer processed, every
+    /// context is lost with `VIRTIO_ACCEL_LOST_DEVICE_ERROR`, and the driver
+    /// must reset the device. Other VMs are not affected.
+    fn ring_broken(&self, q: u16, err: &virtio_queue::Error, event: &VringRwLock) {
+        tracing::warn!("queue {q} is broken ({err}); the driver must reset the device");
+        self.inner.broken.fetch_or(1 << q, Ordering::Relaxed);
+        match self.device() {
+            Ok(mut d) => d.lose_all(VIRTIO_ACCEL_LOST_DEVICE_ERROR),
+            Err(_) => return,
+        }
+        let _ = self.deliver_events(event);
+    }
+
+    /// The work behind one epoll event.
+    fn dispatch(&self, device_event: u16, vrings: &[VringRwLock]) -> Result<(), GlueError> {
+        let [control, submit, event] = vrings else {
+            return Ok(());
+        };
+        self.install_completer(submit, event);
+        match device_event {
+            VIRTIO_ACCEL_VQ_CONTROL | VIRTIO_ACCEL_VQ_SUBMIT => {
+                let vring = if device_event == VIRTIO_ACCEL_VQ_CONTROL {
+                    control
+                } else {
+                    submit
+                };
+                if !self.is_broken(device_event) {
+                    self.drain_queue(device_event, vring)?;
+                }
+                // A rejected submit may have been answered at once, and a
+                // destroy may have cancelled jobs.
+                self.complete_jobs(submit)?;
+                self.deliver_events(event)?;
+            }
+            VIRTIO_ACCEL_VQ_EVENT => self.deliver_events(event)?,
+            COMPLETION_EVENT => {
+                let _ = self.inner.vm.completion.read();
+                self.complete_jobs(submit)?;
+                self.deliver_events(event)?;
+            }
+            e => return Err(GlueError::UnknownEvent(e)),
         }
         Ok(())
     }
@@ -318,12 +463,9 @@ impl VhostUserBackend for AccelBackend {
     }
 
     fn acked_features(&self, features: u64) {
-        self.inner
-            .vm
-            .device
-            .lock()
-            .unwrap()
-            .set_features(features & DEVICE_FEATURES);
+        if let Ok(mut d) = self.device() {
+            d.set_features(features & DEVICE_FEATURES);
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -334,8 +476,13 @@ impl VhostUserBackend for AccelBackend {
     }
 
     fn reset_device(&self) {
-        self.inner.vm.device.lock().unwrap().reset();
-        self.inner.parked.lock().unwrap().clear();
+        if let Ok(mut d) = self.device() {
+            d.reset();
+        }
+        if let Ok(mut p) = lock(&self.inner.parked) {
+            p.clear();
+        }
+        self.inner.broken.store(0, Ordering::Relaxed);
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -376,33 +523,29 @@ impl VhostUserBackend for AccelBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
+        if evset != EventSet::IN || self.inner.dead.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let [control, submit, event] = vrings else {
-            return Ok(());
-        };
-        self.install_completer(submit, event);
-        match device_event {
-            VIRTIO_ACCEL_VQ_CONTROL => {
-                self.drain_queue(VIRTIO_ACCEL_VQ_CONTROL, control)?;
-                // CTX_DESTROY cancels queued jobs: answer their chains.
-                self.complete_jobs(submit)?;
-                self.deliver_events(event)?;
+        // Nothing a guest does ends this loop: a broken ring stops its
+        // queue, a broken device state stops this VM, and every other VM
+        // goes on.
+        let result = catch_unwind(AssertUnwindSafe(|| self.dispatch(device_event, vrings)));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(GlueError::Ring(q, e))) => {
+                if let Some(event) = vrings.get(usize::from(VIRTIO_ACCEL_VQ_EVENT)) {
+                    self.ring_broken(q, &e, event);
+                }
             }
-            VIRTIO_ACCEL_VQ_SUBMIT => {
-                self.drain_queue(VIRTIO_ACCEL_VQ_SUBMIT, submit)?;
-                // A rejected submit may have been answered at once, and a
-                // destroy may have cancelled jobs.
-                self.complete_jobs(submit)?;
+            Ok(Err(GlueError::UnknownEvent(e))) => tracing::warn!("unknown device event {e}"),
+            Ok(Err(e)) => {
+                tracing::error!("{e}; this VM is no longer served");
+                self.inner.dead.store(true, Ordering::Relaxed);
             }
-            VIRTIO_ACCEL_VQ_EVENT => self.deliver_events(event)?,
-            COMPLETION_EVENT => {
-                let _ = self.inner.vm.completion.read();
-                self.complete_jobs(submit)?;
-                self.deliver_events(event)?;
+            Err(_) => {
+                tracing::error!("panic while serving this VM; it is no longer served");
+                self.inner.dead.store(true, Ordering::Relaxed);
             }
-            e => return Err(GlueError::UnknownEvent(e).into()),
         }
         Ok(())
     }

@@ -37,8 +37,14 @@ fn read_config(sock: &Path) -> (u64, Config) {
     f.set_features(features).unwrap();
     let proto = f.get_protocol_features().unwrap();
     f.set_protocol_features(proto).unwrap();
+    let size = std::mem::size_of::<Config>();
     let (_, bytes) = f
-        .get_config(0, 48, VhostUserConfigFlags::empty(), &[0u8; 48])
+        .get_config(
+            0,
+            size as u32,
+            VhostUserConfigFlags::empty(),
+            &vec![0u8; size],
+        )
         .unwrap();
     (features, Config::read_from_bytes(&bytes).unwrap())
 }

@@ -11,8 +11,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::guest::Mem;
 
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
+pub const VRING_DESC_F_NEXT: u16 = 1;
+pub const VRING_DESC_F_WRITE: u16 = 2;
+pub const VRING_DESC_F_INDIRECT: u16 = 4;
 
 /// How the driver waits for used buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,13 +113,7 @@ impl Ring {
             } else {
                 0
             };
-            let at = GuestAddress(self.desc + 16 * u64::from(ids[i]));
-            let mut raw = [0u8; 16];
-            raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
-            raw[8..12].copy_from_slice(&d.len.to_le_bytes());
-            raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..16].copy_from_slice(&next.to_le_bytes());
-            mem.write_slice(&raw, at).unwrap();
+            write_raw_desc(mem, self.desc, ids[i], d.addr, d.len, flags, next);
         }
         let head = ids[0];
         self.chains[head as usize] = ids;
@@ -134,6 +129,51 @@ impl Ring {
         .unwrap();
         fence(Ordering::SeqCst);
         head
+    }
+
+    /// Takes `n` descriptor slots for a chain built by hand.
+    pub fn take_ids(&mut self, n: usize) -> Vec<u16> {
+        assert!(n <= self.free.len(), "ring full");
+        (0..n).map(|_| self.free.pop().unwrap()).collect()
+    }
+
+    /// Writes descriptor `id` of the table as given, flags and all: for
+    /// chains no correct driver builds.
+    pub fn write_desc(&self, mem: &Mem, id: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        write_raw_desc(mem, self.desc, id, addr, len, flags, next);
+    }
+
+    /// Makes `head` available as a chain that owns the slots `ids`; the
+    /// head may be outside the table (a hostile avail entry), in which case
+    /// the slots are kept by nobody.
+    pub fn publish(&mut self, mem: &Mem, head: u16, ids: Vec<u16>) {
+        if let Some(c) = self.chains.get_mut(head as usize) {
+            *c = ids;
+        }
+        let slot = self.avail + 4 + 2 * u64::from(self.next_avail % self.size);
+        mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.next_avail = self.next_avail.wrapping_add(1);
+        fence(Ordering::SeqCst);
+        mem.store(
+            self.next_avail,
+            GuestAddress(self.avail + 2),
+            Ordering::Release,
+        )
+        .unwrap();
+        fence(Ordering::SeqCst);
+    }
+
+    /// Sets the avail index to any value, as a hostile driver may.
+    pub fn set_avail_idx(&mut self, mem: &Mem, idx: u16) {
+        self.next_avail = idx;
+        mem.store(idx, GuestAddress(self.avail + 2), Ordering::Release)
+            .unwrap();
+    }
+
+    /// The device's used index.
+    pub fn used_idx(&self, mem: &Mem) -> u16 {
+        mem.load(GuestAddress(self.used + 2), Ordering::Acquire)
+            .unwrap()
     }
 
     /// Notifies the device (unless EVENT_IDX says it need not be).
@@ -216,4 +256,15 @@ impl Ring {
             }
         }
     }
+}
+
+/// Writes descriptor `id` of the table at `table`.
+pub fn write_raw_desc(mem: &Mem, table: u64, id: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    let at = GuestAddress(table + 16 * u64::from(id));
+    let mut raw = [0u8; 16];
+    raw[0..8].copy_from_slice(&addr.to_le_bytes());
+    raw[8..12].copy_from_slice(&len.to_le_bytes());
+    raw[12..14].copy_from_slice(&flags.to_le_bytes());
+    raw[14..16].copy_from_slice(&next.to_le_bytes());
+    mem.write_slice(&raw, at).unwrap();
 }

@@ -121,7 +121,7 @@ boot() { # boot NAME SOCKET CMDLINE-EXTRA
     timeout "$TIMEOUT" chroot "$R" qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1 -m 512M \
         -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \
         -chardev socket,id=c0,path="$2" \
-        -device vhost-user-test-device-pci,chardev=c0,virtio-id=39,num_vqs=3,config_size=48 \
+        -device vhost-user-test-device-pci,chardev=c0,virtio-id=39,num_vqs=3,config_size=72 \
         -kernel /tmp/vmlinuz -initrd /tmp/initrd.gz -append "console=ttyS0 panic=-1 quiet $3" \
         -display none -serial stdio -monitor none -no-reboot </dev/null >"$CACHE/$1.log" 2>&1
 }

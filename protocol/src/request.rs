@@ -371,8 +371,11 @@ impl Request {
         }
     }
 
-    /// The size of the response body the driver must make writable for this
-    /// request (error responses are a bare [`Hdr`]).
+    /// The size of the response the driver must make writable for this
+    /// request: its whole response structure (for `IOCTL`, 24 bytes plus
+    /// `out_size`). A device acts on a request only when its writable part
+    /// holds this many bytes; error responses use the same structure with
+    /// zeroed fields (24 bytes for `IOCTL`).
     pub fn response_size(&self) -> usize {
         use core::mem::size_of;
         match self {

@@ -22,6 +22,12 @@ pub const SNPU_NO_TENSOR: u32 = u32::MAX;
 pub const SNPU_MAX_ELEMS: u64 = 1 << 26;
 /// Largest multiply-accumulate count of one op.
 pub const SNPU_MAX_MACS: u64 = 1 << 36;
+/// Largest K of an int8 MATMUL: 255 · 255 · 2^15 < 2^31, so its int32
+/// accumulators are exact.
+pub const SNPU_MAX_I8_K: u32 = 1 << 15;
+/// Bytes one op may use outside its element working arrays (output
+/// staging), counted in [`OpDesc::work_bytes`].
+pub const SNPU_STAGING_BYTES: u64 = 64 << 10;
 
 pub const SNPU_OP_NOP: u16 = 0;
 pub const SNPU_OP_COPY: u16 = 1;
@@ -151,6 +157,8 @@ pub enum CmdError {
         tensor: usize,
         need: &'static str,
     },
+    #[error("op {op} tensor {tensor}: byte range overflows")]
+    Overflow { op: usize, tensor: usize },
     #[error("op {op} tensor {tensor}: bytes {start}..{end} outside buffer of {size} bytes")]
     OutOfBounds {
         op: usize,
@@ -234,9 +242,29 @@ impl TensorDesc {
         &self.strides[..self.rank]
     }
 
-    /// Number of elements (product of dims).
+    /// Number of elements (product of dims), or `None` when the product
+    /// does not fit in a u64.
+    pub fn checked_elems(&self) -> Option<u64> {
+        self.dims()
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)))
+    }
+
+    /// Number of elements, saturating at `u64::MAX`; for a validated tensor
+    /// it is at most [`SNPU_MAX_ELEMS`].
     pub fn elems(&self) -> u64 {
-        self.dims().iter().map(|&d| u64::from(d)).product()
+        self.checked_elems().unwrap_or(u64::MAX)
+    }
+
+    /// Elements the tensor actually holds in memory: axes of extent 1 or
+    /// stride 0 (broadcasts) count once. A broadcast input is gathered at
+    /// this size, not at `elems()`.
+    pub fn distinct_elems(&self) -> u64 {
+        self.dims()
+            .iter()
+            .zip(self.strides())
+            .map(|(&d, &s)| if s == 0 { 1 } else { u64::from(d) })
+            .fold(1u64, |acc, d| acc.saturating_mul(d))
     }
 
     /// Whether the strides are the dense row-major ones for the dims.
@@ -246,30 +274,24 @@ impl TensorDesc {
             if self.dims[i] > 1 && u64::from(self.strides[i]) != s {
                 return false;
             }
-            s *= u64::from(self.dims[i]);
+            s = s.saturating_mul(u64::from(self.dims[i]));
         }
         true
     }
 
     /// The byte range `[start, end)` this tensor touches in its buffer, or
-    /// `None` for an empty tensor. Fails on arithmetic overflow.
-    pub fn byte_range(&self) -> Result<Option<(u64, u64)>, &'static str> {
-        if self.elems() == 0 {
-            return Ok(None);
-        }
+    /// `None` when it cannot be computed: an axis of extent 0, or
+    /// arithmetic overflow. Validated tensors never give `None`.
+    pub fn byte_range(&self) -> Option<(u64, u64)> {
         let mut last: u64 = 0;
         for i in 0..self.rank {
-            let step = u64::from(self.dims[i] - 1)
-                .checked_mul(u64::from(self.strides[i]))
-                .ok_or("extent overflows")?;
-            last = last.checked_add(step).ok_or("extent overflows")?;
+            let step =
+                u64::from(self.dims[i].checked_sub(1)?).checked_mul(u64::from(self.strides[i]))?;
+            last = last.checked_add(step)?;
         }
-        let end_elem = last.checked_add(1).ok_or("extent overflows")?;
-        let len = end_elem
-            .checked_mul(self.dtype.size())
-            .ok_or("extent overflows")?;
-        let end = self.offset.checked_add(len).ok_or("extent overflows")?;
-        Ok(Some((self.offset, end)))
+        let len = last.checked_add(1)?.checked_mul(self.dtype.size())?;
+        let end = self.offset.checked_add(len)?;
+        Some((self.offset, end))
     }
 
     fn to_wire(self) -> Tensor {
@@ -369,6 +391,55 @@ impl OpDesc {
     }
 }
 
+impl OpDesc {
+    /// Bytes of NPU working memory the op needs while it runs: the dense
+    /// arrays the software NPU gathers its inputs into, its results, and
+    /// [`SNPU_STAGING_BYTES`] for writing them out. Inputs of ADD and MUL
+    /// count at their distinct elements (a broadcast is not expanded); the
+    /// operands of MATMUL and CONV2D are gathered whole. Saturates.
+    pub fn work_bytes(&self) -> u64 {
+        let f = |n: u64| n.saturating_mul(4);
+        let sum = |v: &[u64]| v.iter().fold(0u64, |a, &b| a.saturating_add(b));
+        let arrays = match self {
+            OpDesc::Nop | OpDesc::Copy { .. } => return 0,
+            OpDesc::Add { a, b, out } | OpDesc::Mul { a, b, out } => {
+                sum(&[f(a.distinct_elems()), f(b.distinct_elems()), f(out.elems())])
+            }
+            OpDesc::Relu { input, .. } => input.elems().saturating_mul(input.dtype.size()),
+            OpDesc::Softmax { input, .. } => f(input.elems()),
+            OpDesc::MatMul { a, b, out, quant } => {
+                let (ak, bk, mn) = (a.elems(), b.elems(), out.elems());
+                // int8 operands are read as bytes, then widened to i32.
+                let bytes = if quant.is_some() { ak.max(bk) } else { 0 };
+                sum(&[f(ak), f(bk), f(mn), bytes])
+            }
+            OpDesc::Conv2d {
+                input,
+                filter,
+                bias,
+                out,
+                ..
+            } => {
+                let (kh, kw, c) = (filter.dims[0], filter.dims[1], filter.dims[2]);
+                let cols = u64::from(kh)
+                    .saturating_mul(u64::from(kw))
+                    .saturating_mul(u64::from(c));
+                let rows = u64::from(out.dims[0])
+                    .saturating_mul(u64::from(out.dims[1]))
+                    .saturating_mul(u64::from(out.dims[2]));
+                sum(&[
+                    f(input.elems()),
+                    f(rows.saturating_mul(cols)),
+                    f(filter.elems()),
+                    f(out.elems()),
+                    f(bias.map_or(0, |b| b.elems())),
+                ])
+            }
+        };
+        arrays.saturating_add(SNPU_STAGING_BYTES)
+    }
+}
+
 /// A parsed and validated command stream.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Program {
@@ -411,10 +482,15 @@ fn tensor(op: usize, slot: usize, t: &Tensor) -> Result<Option<TensorDesc>, CmdE
             return Err(err("dims or strides above rank are nonzero"));
         }
     }
-    if d.elems() > SNPU_MAX_ELEMS {
+    if d.dims().contains(&0) {
+        return Err(err("every axis needs at least one element"));
+    }
+    if d.checked_elems().is_none_or(|n| n > SNPU_MAX_ELEMS) {
         return Err(err("too many elements"));
     }
-    d.byte_range().map_err(err)?;
+    if d.byte_range().is_none() {
+        return Err(CmdError::Overflow { op, tensor: slot });
+    }
     Ok(Some(d))
 }
 
@@ -591,9 +667,12 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
                 b.dims[0] == k && out.dims[0] == m && out.dims[1] == n,
                 "matmul shapes do not chain",
             )?;
+            let macs = u64::from(m)
+                .checked_mul(u64::from(k))
+                .and_then(|v| v.checked_mul(u64::from(n)));
             shape(
                 i,
-                u64::from(m) * u64::from(k) * u64::from(n) <= SNPU_MAX_MACS,
+                macs.is_some_and(|v| v <= SNPU_MAX_MACS),
                 "matmul too large",
             )?;
             out_dense(i, 2, &out)?;
@@ -613,6 +692,7 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
                         out_zero: p[2] as i32,
                         scale: f32::from_bits(p[3]),
                     };
+                    shape(i, k <= SNPU_MAX_I8_K, "int8 matmul K above 32768")?;
                     let zp = |z: i32| (-128..=127).contains(&z);
                     shape(
                         i,
@@ -675,26 +755,35 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
                 span_h >= u64::from(kh) && span_w >= u64::from(kw),
                 "filter larger than padded input",
             )?;
+            // Every operand is at least 1 (zero dims and strides are refused
+            // above), so these are exact; products are checked.
             let oh = (span_h - u64::from(kh)) / u64::from(stride[0]) + 1;
             let ow = (span_w - u64::from(kw)) / u64::from(stride[1]) + 1;
             shape(
                 i,
-                out.dims == [n, oh as u32, ow as u32, oc] && oh <= u32::MAX.into(),
+                oh == u64::from(out.dims[1])
+                    && ow == u64::from(out.dims[2])
+                    && out.dims[0] == n
+                    && out.dims[3] == oc,
                 "output shape does not match input, filter, stride and padding",
             )?;
             if let Some(b) = &bias {
                 shape(i, b.rank == 1 && b.dims[0] == oc, "bias must be [OC]")?;
             }
-            let patches = u64::from(n) * oh * ow;
-            let patch = u64::from(kh) * u64::from(kw) * u64::from(c);
+            let mul = |a: u64, b: u64| a.checked_mul(b);
+            let patches = mul(u64::from(n), oh).and_then(|v| mul(v, ow));
+            let patch = mul(u64::from(kh), u64::from(kw)).and_then(|v| mul(v, u64::from(c)));
+            let cells = patches.zip(patch).and_then(|(a, b)| mul(a, b));
             shape(
                 i,
-                patches.saturating_mul(patch) <= SNPU_MAX_ELEMS,
+                cells.is_some_and(|v| v <= SNPU_MAX_ELEMS),
                 "conv2d patch matrix too large",
             )?;
             shape(
                 i,
-                patches.saturating_mul(patch).saturating_mul(oc.into()) <= SNPU_MAX_MACS,
+                cells
+                    .and_then(|v| mul(v, u64::from(oc)))
+                    .is_some_and(|v| v <= SNPU_MAX_MACS),
                 "conv2d too large",
             )?;
             out_dense(i, 3, &out)?;
@@ -712,6 +801,12 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
 }
 
 impl Program {
+    /// Working memory of the whole job: ops run one after another and free
+    /// their arrays, so it is the largest op's [`OpDesc::work_bytes`].
+    pub fn work_bytes(&self) -> u64 {
+        self.ops.iter().map(OpDesc::work_bytes).max().unwrap_or(0)
+    }
+
     /// Checks every tensor against the job's buffers: `bos[i]` is the size
     /// and `VIRTIO_ACCEL_ACCESS_*` of buffer index `i`.
     pub fn check_bounds(&self, bos: &[(u64, u32)]) -> Result<(), CmdError> {
@@ -735,16 +830,19 @@ impl Program {
                         need: name,
                     });
                 }
-                if let Ok(Some((start, end))) = t.byte_range() {
-                    if end > size {
-                        return Err(CmdError::OutOfBounds {
-                            op: i,
-                            tensor: slot,
-                            start,
-                            end,
-                            size,
-                        });
-                    }
+                // A range that cannot be computed is refused, never skipped.
+                let (start, end) = t.byte_range().ok_or(CmdError::Overflow {
+                    op: i,
+                    tensor: slot,
+                })?;
+                if end > size {
+                    return Err(CmdError::OutOfBounds {
+                        op: i,
+                        tensor: slot,
+                        start,
+                        end,
+                        size,
+                    });
                 }
             }
         }

@@ -24,6 +24,9 @@ pub const VIRTIO_ACCEL_F_INLINE_CMD: u32 = 0;
 pub const VIRTIO_ACCEL_F_IOCTL: u32 = 1;
 pub const VIRTIO_ACCEL_F_CROSS_CTX_FENCE: u32 = 2;
 pub const VIRTIO_ACCEL_F_SHM_BLOB: u32 = 3;
+/// The configuration carries the per-driver quotas (`max_total_bo_bytes`,
+/// `max_job_memory`, `max_bos`) after `padding`.
+pub const VIRTIO_ACCEL_F_QUOTAS: u32 = 4;
 
 /// Request types.
 pub const VIRTIO_ACCEL_CMD_GET_CAPS: u32 = 0x0100;
@@ -220,6 +223,13 @@ pub struct Config {
     pub max_jobs_in_flight: U32,
     pub shm_id: u8,
     pub padding: [u8; 7],
+    /// With `VIRTIO_ACCEL_F_QUOTAS`: sum of the sizes of the driver's BOs.
+    pub max_total_bo_bytes: U64,
+    /// With `VIRTIO_ACCEL_F_QUOTAS`: working memory of one job.
+    pub max_job_memory: U64,
+    /// With `VIRTIO_ACCEL_F_QUOTAS`: BOs the driver may hold at once.
+    pub max_bos: U32,
+    pub padding2: U32,
 }
 
 /// `VIRTIO_ACCEL_CMD_GET_CAPS` request.
@@ -652,7 +662,7 @@ macro_rules! assert_size {
     ($($t:ty => $n:expr),* $(,)?) => { $(const _: () = assert!(core::mem::size_of::<$t>() == $n);)* };
 }
 assert_size! {
-    Hdr => 16, Config => 48, GetCaps => 24, RespCaps => 112, CtxCreate => 24,
+    Hdr => 16, Config => 72, GetCaps => 24, RespCaps => 112, CtxCreate => 24,
     BoCreate => 32, RespBoCreate => 32, BoReq => 24, RespBoInfo => 48,
     BoAttachBacking => 24, MemEntry => 16, RespMapShm => 24, FencePoll => 24,
     RespFence => 24, Ioctl => 32, RespIoctl => 24, Submit => 56, SubmitBo => 8,

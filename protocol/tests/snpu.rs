@@ -191,13 +191,10 @@ fn extent_overflow_is_rejected() {
             dst: t(1, DType::F32, &[2, 2]),
         }],
     };
-    assert!(matches!(
+    assert_eq!(
         parse(&p.encode()),
-        Err(CmdError::Tensor {
-            why: "extent overflows",
-            ..
-        })
-    ));
+        Err(CmdError::Overflow { op: 0, tensor: 0 })
+    );
 }
 
 #[test]

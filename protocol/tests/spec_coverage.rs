@@ -45,6 +45,7 @@ fn every_status_feature_and_event_is_specified() {
                 VIRTIO_ACCEL_F_CROSS_CTX_FENCE,
             ),
             ("VIRTIO_ACCEL_F_SHM_BLOB", VIRTIO_ACCEL_F_SHM_BLOB),
+            ("VIRTIO_ACCEL_F_QUOTAS", VIRTIO_ACCEL_F_QUOTAS),
         ]
         .iter()
         .map(|(n, v)| format!("{v} | {n}")),
@@ -72,5 +73,62 @@ fn every_snpu_opcode_is_specified() {
     ] {
         let row = format!("| {v} | SNPU_OP_{n} |");
         assert!(s.contains(&row), "appendix lacks row `{row}`");
+    }
+}
+
+#[test]
+fn every_configuration_field_is_in_the_layout() {
+    // The config block of section 4 must list every field of `Config`.
+    let s = spec();
+    let start = s
+        .find("struct virtio_accel_config {")
+        .expect("config layout");
+    let block = &s[start..start + s[start..].find("};").expect("end of layout")];
+    for f in [
+        "num_capsets",
+        "max_contexts",
+        "max_bo_size",
+        "max_cmd_size",
+        "max_inline_cmd_size",
+        "max_submit_bos",
+        "max_in_fences",
+        "max_sg_entries",
+        "max_jobs_in_flight",
+        "shm_id",
+        "max_total_bo_bytes",
+        "max_job_memory",
+        "max_bos",
+    ] {
+        assert!(block.contains(f), "config layout lacks {f}");
+    }
+    let size = std::mem::size_of::<Config>();
+    assert!(
+        s.contains(&format!("/* {size} bytes")),
+        "config layout does not give its size {size}"
+    );
+}
+
+#[test]
+fn the_rules_the_device_enforces_are_stated() {
+    let s = spec();
+    let h = headings(&s);
+    for heading in ["Fence waits and the order of answers", "Descriptor chains"] {
+        assert!(
+            h.iter().any(|l| l.contains(heading)),
+            "no section `{heading}`"
+        );
+    }
+    for rule in [
+        // validate, then act
+        "A rejected request MUST change nothing",
+        "holds the request's whole response",
+        // fence waits
+        "can never be satisfied",
+        "a job never waits for work not yet",
+        // job memory
+        "must not exceed `max_job_memory` (`ERR_QUOTA`)",
+        "A job above `max_job_memory` is rejected with `ERR_QUOTA`",
+    ] {
+        assert!(s.contains(rule), "spec does not state: {rule}");
     }
 }

@@ -35,6 +35,9 @@ pub struct Job {
     pub bos: Vec<(u32, Arc<Backing>)>,
     /// `(context, seqno)` fences still to signal before the job may run.
     pub in_fences: Vec<(u32, u64)>,
+    /// Set once the job can never run: the status it will be answered with
+    /// when every earlier job of its context has been answered.
+    pub doomed: Option<u32>,
 }
 
 pub struct Context {
@@ -64,19 +67,30 @@ impl Context {
         }
     }
 
-    /// A fresh nonzero handle not in use in this context.
-    pub fn alloc_handle(&mut self) -> u32 {
-        loop {
+    /// A fresh nonzero handle not in use in this context; `None` only when
+    /// every handle is taken (the BO limit keeps that from happening).
+    pub fn alloc_handle(&mut self) -> Option<u32> {
+        for _ in 0..=self.bos.len() {
             let h = self.next_bo;
             self.next_bo = self.next_bo.wrapping_add(1).max(1);
             if !self.bos.contains_key(&h) {
-                return h;
+                return Some(h);
             }
         }
+        None
     }
 
     /// Jobs queued or running.
     pub fn jobs(&self) -> usize {
         self.queue.len() + usize::from(self.running.is_some())
+    }
+
+    /// Releases the buffers a job held.
+    pub fn unbusy(&mut self, job: &Job) {
+        for (h, _) in &job.bos {
+            if let Some(bo) = self.bos.get_mut(h) {
+                bo.busy = bo.busy.saturating_sub(1);
+            }
+        }
     }
 }

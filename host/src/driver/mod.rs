@@ -20,7 +20,12 @@ pub struct NpuInfo {
 }
 
 /// A command stream the driver has validated, ready to run.
-pub struct Prepared(pub Box<dyn Any + Send + Sync>);
+pub struct Prepared {
+    pub job: Box<dyn Any + Send + Sync>,
+    /// Host memory the job needs while it runs, beyond the guest's buffers;
+    /// the device model refuses jobs above its per-job limit.
+    pub work_bytes: u64,
+}
 
 /// Per-context counters a driver may report through an ioctl.
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,6 +52,10 @@ pub enum DriverError {
     Failed(String),
     #[error("job exceeded its deadline")]
     Hang,
+    #[error("the host could not allocate the job's working memory")]
+    NoMemory,
+    #[error("the NPU failed internally: {0}")]
+    Internal(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -2,21 +2,33 @@
 //!
 //! Inputs are gathered from guest buffers into dense working arrays (the
 //! NPU's local memory), computed with `ndarray` (GEMM through
-//! matrixmultiply), and outputs written back to the guest buffers. COPY
-//! moves bytes buffer to buffer without a working array. Every access was
-//! bounds-checked before the job started; the checks here only turn an
-//! unexpected failure into a job error, never a panic.
+//! matrixmultiply), and outputs written back to the guest buffers through a
+//! small staging buffer. COPY moves bytes buffer to buffer without a working
+//! array. Every access was bounds-checked, and the working memory bounded
+//! ([`OpDesc::work_bytes`]), before the job started. Working arrays are
+//! reserved fallibly: an allocation the host cannot make fails the job with
+//! [`DriverError::NoMemory`] instead of aborting the daemon.
 
 use std::time::Instant;
 
+use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2};
-use virtio_accel_protocol::snpu::{DType, OpDesc, Program, Quant, TensorDesc};
+use virtio_accel_protocol::snpu::{DType, OpDesc, Program, Quant, TensorDesc, SNPU_STAGING_BYTES};
 
 use crate::driver::DriverError;
 use crate::memory::{BoMem, MemError};
 
 fn mem_err(e: MemError) -> DriverError {
     DriverError::OutOfRange(e.to_string())
+}
+
+/// A zeroed working array of `n` elements, or `NoMemory`.
+fn alloc<T: Clone + Default>(n: u64) -> Result<Vec<T>, DriverError> {
+    let n = usize::try_from(n).map_err(|_| DriverError::NoMemory)?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| DriverError::NoMemory)?;
+    v.resize(n, T::default());
+    Ok(v)
 }
 
 /// Runs `program`; returns the number of ops executed.
@@ -41,31 +53,49 @@ fn bo<'a, 'm>(bos: &'a [BoMem<'m>], t: &TensorDesc) -> Result<&'a BoMem<'m>, Dri
 
 /// Visits the element offsets of `t` in row-major order, in runs: calls
 /// `f(byte_offset, elements)` for each run of elements adjacent in memory.
+/// Offsets are computed with checked arithmetic: a validated tensor never
+/// overflows, anything else fails the job.
 fn for_runs(
     t: &TensorDesc,
     mut f: impl FnMut(u64, usize) -> Result<(), DriverError>,
 ) -> Result<(), DriverError> {
-    if t.elems() == 0 {
+    let overflow = || DriverError::OutOfRange("tensor offset overflows".into());
+    let r = t.rank;
+    if r == 0 || t.dims().contains(&0) {
         return Ok(());
     }
     if t.is_dense() {
         // One contiguous byte range: a single run.
-        return f(t.offset, t.elems() as usize);
+        let n = usize::try_from(t.elems()).map_err(|_| overflow())?;
+        return f(t.offset, n);
     }
-    let r = t.rank;
     let inner = t.dims[r - 1] as usize;
     let contiguous = t.strides[r - 1] == 1 || inner == 1;
     let es = t.dtype.size();
+    let elem_at = |e: u64| {
+        e.checked_mul(es)
+            .and_then(|b| t.offset.checked_add(b))
+            .ok_or_else(overflow)
+    };
     let mut idx = [0u32; 4];
     loop {
-        let base: u64 = (0..r - 1)
-            .map(|k| u64::from(idx[k]) * u64::from(t.strides[k]))
-            .sum();
+        let mut base = 0u64;
+        for (&i, &stride) in idx.iter().zip(&t.strides).take(r - 1) {
+            base = u64::from(i)
+                .checked_mul(u64::from(stride))
+                .and_then(|v| v.checked_add(base))
+                .ok_or_else(overflow)?;
+        }
         if contiguous {
-            f(t.offset + base * es, inner)?;
+            f(elem_at(base)?, inner)?;
         } else {
+            let step = u64::from(t.strides[r - 1]);
             for i in 0..inner as u64 {
-                f(t.offset + (base + i * u64::from(t.strides[r - 1])) * es, 1)?;
+                let e = i
+                    .checked_mul(step)
+                    .and_then(|v| v.checked_add(base))
+                    .ok_or_else(overflow)?;
+                f(elem_at(e)?, 1)?;
             }
         }
         // Advance the outer axes (odometer).
@@ -88,38 +118,77 @@ fn for_runs(
 fn gather(bos: &[BoMem<'_>], t: &TensorDesc) -> Result<Vec<u8>, DriverError> {
     let m = bo(bos, t)?;
     let es = t.dtype.size() as usize;
-    let mut out = vec![0u8; t.elems() as usize * es];
-    let mut at = 0;
+    let mut out = alloc::<u8>(t.elems().saturating_mul(es as u64))?;
+    let mut at = 0usize;
     for_runs(t, |off, n| {
-        m.read(off, &mut out[at..at + n * es]).map_err(mem_err)?;
-        at += n * es;
+        let len = n.checked_mul(es).ok_or(DriverError::NoMemory)?;
+        let dst = out
+            .get_mut(at..at.saturating_add(len))
+            .ok_or_else(|| DriverError::Failed("gather past its array".into()))?;
+        m.read(off, dst).map_err(mem_err)?;
+        at += len;
         Ok(())
     })?;
     Ok(out)
 }
 
 fn gather_f32(bos: &[BoMem<'_>], t: &TensorDesc) -> Result<Vec<f32>, DriverError> {
-    Ok(gather(bos, t)?
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
-}
-
-fn gather_i8(bos: &[BoMem<'_>], t: &TensorDesc) -> Result<Vec<i8>, DriverError> {
-    Ok(gather(bos, t)?.into_iter().map(|b| b as i8).collect())
-}
-
-/// Writes dense row-major values to an output tensor (validated dense).
-fn store(bos: &[BoMem<'_>], t: &TensorDesc, bytes: &[u8]) -> Result<(), DriverError> {
-    if bytes.is_empty() {
-        return Ok(());
+    let bytes = gather(bos, t)?;
+    let mut v = alloc::<f32>(t.elems())?;
+    for (x, c) in v.iter_mut().zip(bytes.chunks_exact(4)) {
+        *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
     }
-    bo(bos, t)?.write(t.offset, bytes).map_err(mem_err)
+    Ok(v)
+}
+
+/// Gathers an int8 tensor as i32 values minus `zero`.
+fn gather_i8_as_i32(bos: &[BoMem<'_>], t: &TensorDesc, zero: i32) -> Result<Vec<i32>, DriverError> {
+    let bytes = gather(bos, t)?;
+    let mut v = alloc::<i32>(t.elems())?;
+    for (x, &b) in v.iter_mut().zip(&bytes) {
+        *x = i32::from(b as i8) - zero;
+    }
+    Ok(v)
+}
+
+/// `t` with its broadcast axes (stride 0) reduced to one element: the
+/// distinct elements the tensor holds.
+fn collapsed(t: &TensorDesc) -> TensorDesc {
+    let mut c = *t;
+    for k in 0..t.rank {
+        if t.strides[k] == 0 {
+            c.dims[k] = 1;
+        }
+    }
+    c
+}
+
+/// Writes dense values to an output tensor (validated dense), converting
+/// them to bytes through a bounded staging buffer.
+fn store<T: Copy>(
+    bos: &[BoMem<'_>],
+    t: &TensorDesc,
+    v: &[T],
+    size: usize,
+    to_bytes: impl Fn(T, &mut [u8]),
+) -> Result<(), DriverError> {
+    let m = bo(bos, t)?;
+    let chunk = (SNPU_STAGING_BYTES as usize / size).max(1);
+    let mut staging = alloc::<u8>((chunk * size) as u64)?;
+    let mut off = t.offset;
+    for part in v.chunks(chunk) {
+        let bytes = &mut staging[..part.len() * size];
+        for (x, b) in part.iter().zip(bytes.chunks_exact_mut(size)) {
+            to_bytes(*x, b);
+        }
+        m.write(off, bytes).map_err(mem_err)?;
+        off += bytes.len() as u64;
+    }
+    Ok(())
 }
 
 fn store_f32(bos: &[BoMem<'_>], t: &TensorDesc, v: &[f32]) -> Result<(), DriverError> {
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    store(bos, t, &bytes)
+    store(bos, t, v, 4, |x, b| b.copy_from_slice(&x.to_le_bytes()))
 }
 
 fn run_op(op: &OpDesc, bos: &[BoMem<'_>]) -> Result<(), DriverError> {
@@ -130,34 +199,28 @@ fn run_op(op: &OpDesc, bos: &[BoMem<'_>]) -> Result<(), DriverError> {
         OpDesc::Mul { a, b, out } => binary(bos, a, b, out, |x, y| x * y),
         OpDesc::Relu { input, out } => match input.dtype {
             DType::F32 => {
-                let v: Vec<f32> = gather_f32(bos, input)?
-                    .into_iter()
-                    .map(|x| x.max(0.0))
-                    .collect();
+                let mut v = gather_f32(bos, input)?;
+                v.iter_mut().for_each(|x| *x = x.max(0.0));
                 store_f32(bos, out, &v)
             }
             _ => {
-                let v: Vec<u8> = gather_i8(bos, input)?
-                    .into_iter()
-                    .map(|x| x.max(0) as u8)
-                    .collect();
-                store(bos, out, &v)
+                let mut v = gather(bos, input)?;
+                v.iter_mut().for_each(|x| *x = (*x as i8).max(0) as u8);
+                store(bos, out, &v, 1, |x, b| b[0] = x)
             }
         },
         OpDesc::Softmax { input, out } => {
             let mut v = gather_f32(bos, input)?;
             let row = input.dims[input.rank - 1] as usize;
-            if row > 0 {
-                for r in v.chunks_mut(row) {
-                    let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for x in r.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    for x in r.iter_mut() {
-                        *x /= sum;
-                    }
+            for r in v.chunks_mut(row.max(1)) {
+                let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for x in r.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for x in r.iter_mut() {
+                    *x /= sum;
                 }
             }
             store_f32(bos, out, &v)
@@ -187,15 +250,16 @@ fn copy(bos: &[BoMem<'_>], src: &TensorDesc, dst: &TensorDesc) -> Result<(), Dri
     })
 }
 
-/// Dense strides of `t`, aligned to the right of a rank-`rank` space, with
-/// 0 on broadcast axes.
+/// Strides into the collapsed array of `t` (see [`collapsed`]), aligned to
+/// the right of `out`'s axes, with 0 on broadcast axes.
 fn broadcast_strides(t: &TensorDesc, out: &TensorDesc) -> [usize; 4] {
     let mut s = [0usize; 4];
     let mut dense = 1usize;
     for k in (0..t.rank).rev() {
         let ok = out.rank - t.rank + k;
-        s[ok] = if t.dims[k] == 1 { 0 } else { dense };
-        dense *= t.dims[k] as usize;
+        let extent = if t.strides[k] == 0 { 1 } else { t.dims[k] };
+        s[ok] = if extent == 1 { 0 } else { dense };
+        dense *= extent as usize;
     }
     s
 }
@@ -207,20 +271,27 @@ fn binary(
     out: &TensorDesc,
     f: impl Fn(f32, f32) -> f32,
 ) -> Result<(), DriverError> {
-    let (va, vb) = (gather_f32(bos, a)?, gather_f32(bos, b)?);
+    let (ca, cb) = (collapsed(a), collapsed(b));
+    let (va, vb) = (gather_f32(bos, &ca)?, gather_f32(bos, &cb)?);
     let (sa, sb) = (broadcast_strides(a, out), broadcast_strides(b, out));
-    let n = out.elems() as usize;
-    let mut res = Vec::with_capacity(n);
-    if va.len() == n && vb.len() == n {
-        res.extend(va.iter().zip(&vb).map(|(&x, &y)| f(x, y)));
+    let n = out.elems();
+    let mut res = alloc::<f32>(n)?;
+    if va.len() == res.len() && vb.len() == res.len() {
+        for ((r, &x), &y) in res.iter_mut().zip(&va).zip(&vb) {
+            *r = f(x, y);
+        }
     } else {
         let r = out.rank;
         let mut idx = [0usize; 4];
-        for _ in 0..n {
+        let missing = || DriverError::Failed("broadcast index outside its input".into());
+        for slot in res.iter_mut() {
             let (ia, ib) = (0..r).fold((0, 0), |(ia, ib), k| {
                 (ia + idx[k] * sa[k], ib + idx[k] * sb[k])
             });
-            res.push(f(va[ia], vb[ib]));
+            *slot = f(
+                *va.get(ia).ok_or_else(missing)?,
+                *vb.get(ib).ok_or_else(missing)?,
+            );
             for k in (0..r).rev() {
                 idx[k] += 1;
                 if idx[k] < out.dims[k] as usize {
@@ -245,31 +316,29 @@ fn matmul(
     quant: Option<&Quant>,
 ) -> Result<(), DriverError> {
     let (m, k, n) = (a.dims[0] as usize, a.dims[1] as usize, b.dims[1] as usize);
+    let mn = (m as u64).saturating_mul(n as u64);
     match quant {
         None => {
             let va = Array2::from_shape_vec((m, k), gather_f32(bos, a)?).map_err(shape_err)?;
             let vb = Array2::from_shape_vec((k, n), gather_f32(bos, b)?).map_err(shape_err)?;
-            let c = va.dot(&vb);
-            store_f32(bos, out, c.as_standard_layout().as_slice().unwrap_or(&[]))
+            let mut c = Array2::from_shape_vec((m, n), alloc::<f32>(mn)?).map_err(shape_err)?;
+            general_mat_mul(1.0, &va, &vb, 0.0, &mut c);
+            store_f32(bos, out, c.as_slice().unwrap_or(&[]))
         }
         Some(q) => {
-            // int8 products summed in f64 are exact (|acc| < 2^53), so the
-            // GEMM library gives the exact int32 accumulators.
-            let to_f64 = |v: Vec<i8>, zero: i32| -> Vec<f64> {
-                v.into_iter()
-                    .map(|x| f64::from(i32::from(x) - zero))
-                    .collect()
-            };
-            let va = Array2::from_shape_vec((m, k), to_f64(gather_i8(bos, a)?, q.a_zero))
+            // |a - a_zero|, |b - b_zero| ≤ 255 and validation caps K at
+            // SNPU_MAX_I8_K: the i32 accumulators are exact.
+            let va = Array2::from_shape_vec((m, k), gather_i8_as_i32(bos, a, q.a_zero)?)
                 .map_err(shape_err)?;
-            let vb = Array2::from_shape_vec((k, n), to_f64(gather_i8(bos, b)?, q.b_zero))
+            let vb = Array2::from_shape_vec((k, n), gather_i8_as_i32(bos, b, q.b_zero)?)
                 .map_err(shape_err)?;
-            let acc = va.dot(&vb);
-            let bytes: Vec<u8> = match out.dtype {
-                DType::I32 => acc.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
-                _ => acc.iter().map(|&x| requantize(x as i32, q) as u8).collect(),
-            };
-            store(bos, out, &bytes)
+            let mut acc = Array2::from_shape_vec((m, n), alloc::<i32>(mn)?).map_err(shape_err)?;
+            general_mat_mul(1, &va, &vb, 0, &mut acc);
+            let acc = acc.as_slice().unwrap_or(&[]);
+            match out.dtype {
+                DType::I32 => store(bos, out, acc, 4, |x, b| b.copy_from_slice(&x.to_le_bytes())),
+                _ => store(bos, out, acc, 1, |x, b| b[0] = requantize(x, q) as u8),
+            }
         }
     }
 }
@@ -296,13 +365,16 @@ fn conv2d(
     let (pt, pl) = (pad[0] as usize, pad[1] as usize);
     let x = gather_f32(bos, input)?;
     // im2col: one row per output pixel, KH·KW·C columns, zero padding.
+    // Validation bounds rows × cols by SNPU_MAX_ELEMS, so the loops below
+    // run at most that many times in all.
     let cols = kh * kw * c;
     let rows = n * oh * ow;
-    let mut patches = vec![0f32; rows * cols];
+    let mut patches = alloc::<f32>((rows as u64).saturating_mul(cols as u64))?;
+    let outside = || DriverError::Failed("conv2d index outside its array".into());
     for b in 0..n {
         for oy in 0..oh {
             for ox in 0..ow {
-                let row = &mut patches[((b * oh + oy) * ow + ox) * cols..][..cols];
+                let base = ((b * oh + oy) * ow + ox) * cols;
                 for ky in 0..kh {
                     let iy = (oy * sh + ky).wrapping_sub(pt);
                     if iy >= h {
@@ -313,16 +385,24 @@ fn conv2d(
                         if ix >= w {
                             continue;
                         }
-                        let src = &x[((b * h + iy) * w + ix) * c..][..c];
-                        row[(ky * kw + kx) * c..][..c].copy_from_slice(src);
+                        let s = ((b * h + iy) * w + ix) * c;
+                        let d = base + (ky * kw + kx) * c;
+                        let src = x.get(s..s + c).ok_or_else(outside)?;
+                        patches
+                            .get_mut(d..d + c)
+                            .ok_or_else(outside)?
+                            .copy_from_slice(src);
                     }
                 }
             }
         }
     }
+    drop(x);
     let p = ArrayView2::from_shape((rows, cols), &patches).map_err(shape_err)?;
     let f = Array2::from_shape_vec((cols, oc), gather_f32(bos, filter)?).map_err(shape_err)?;
-    let mut y = p.dot(&f);
+    let cells = (rows as u64).saturating_mul(oc as u64);
+    let mut y = Array2::from_shape_vec((rows, oc), alloc::<f32>(cells)?).map_err(shape_err)?;
+    general_mat_mul(1.0, &p, &f, 0.0, &mut y);
     if let Some(bt) = bias {
         let bv = gather_f32(bos, bt)?;
         for mut r in y.rows_mut() {
@@ -331,7 +411,7 @@ fn conv2d(
             }
         }
     }
-    store_f32(bos, out, y.as_standard_layout().as_slice().unwrap_or(&[]))
+    store_f32(bos, out, y.as_slice().unwrap_or(&[]))
 }
 
 #[cfg(test)]

@@ -52,6 +52,17 @@ impl SimNpu {
     }
 }
 
+/// Appendix A: an access outside a buffer or a range that overflows is
+/// `ERR_OUT_OF_RANGE`, every other refusal `ERR_INVALID`.
+fn cmd_error(e: snpu::CmdError) -> DriverError {
+    match e {
+        snpu::CmdError::OutOfBounds { .. } | snpu::CmdError::Overflow { .. } => {
+            DriverError::OutOfRange(e.to_string())
+        }
+        _ => DriverError::Invalid(e.to_string()),
+    }
+}
+
 impl NpuDriver for SimNpu {
     fn info(&self) -> NpuInfo {
         NpuInfo {
@@ -65,12 +76,12 @@ impl NpuDriver for SimNpu {
     }
 
     fn prepare(&self, cmd: &[u8], bos: &[(u64, u32)]) -> Result<Prepared, DriverError> {
-        let program = snpu::parse(cmd).map_err(|e| DriverError::Invalid(e.to_string()))?;
-        program.check_bounds(bos).map_err(|e| match e {
-            snpu::CmdError::OutOfBounds { .. } => DriverError::OutOfRange(e.to_string()),
-            _ => DriverError::Invalid(e.to_string()),
-        })?;
-        Ok(Prepared(Box::new(program)))
+        let program = snpu::parse(cmd).map_err(cmd_error)?;
+        program.check_bounds(bos).map_err(cmd_error)?;
+        Ok(Prepared {
+            work_bytes: program.work_bytes(),
+            job: Box::new(program),
+        })
     }
 
     fn execute(
@@ -95,7 +106,7 @@ impl NpuDriver for SimNpu {
             return Err(DriverError::Hang);
         }
         let program = job
-            .0
+            .job
             .downcast_ref::<Program>()
             .ok_or_else(|| DriverError::Failed("job prepared by another driver".into()))?;
         let ops = exec::run(program, bos, deadline)?;

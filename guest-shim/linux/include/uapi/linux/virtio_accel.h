@@ -25,6 +25,7 @@
 #define VIRTIO_ACCEL_F_IOCTL		1
 #define VIRTIO_ACCEL_F_CROSS_CTX_FENCE	2
 #define VIRTIO_ACCEL_F_SHM_BLOB		3
+#define VIRTIO_ACCEL_F_QUOTAS		4
 
 /* Request types */
 #define VIRTIO_ACCEL_CMD_GET_CAPS		0x0100
@@ -112,6 +113,10 @@ struct virtio_accel_hdr {
  * @max_jobs_in_flight: jobs the driver may have submitted and not completed
  * @shm_id: shared memory region id for host buffers (VIRTIO_ACCEL_F_SHM_BLOB)
  * @padding: must be zero
+ * @max_total_bo_bytes: sum of the sizes of the driver's BOs (F_QUOTAS)
+ * @max_job_memory: device working memory one job may need (F_QUOTAS)
+ * @max_bos: BOs the driver may hold at once (F_QUOTAS)
+ * @padding2: must be zero
  */
 struct virtio_accel_config {
 	__le32 num_capsets;
@@ -125,6 +130,10 @@ struct virtio_accel_config {
 	__le32 max_jobs_in_flight;
 	__u8 shm_id;
 	__u8 padding[7];
+	__le64 max_total_bo_bytes;
+	__le64 max_job_memory;
+	__le32 max_bos;
+	__le32 padding2;
 };
 
 /**

@@ -1,0 +1,170 @@
+//! Unit tests of the device model, driven without threads or rings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::driver::sim::{Faults, SimNpu};
+use crate::driver::{DriverError, ExecReport};
+use vm_memory::GuestAddress;
+
+fn dev() -> (Device, GuestMem) {
+    let d = Device::new(Limits::default(), Arc::new(SimNpu::new(Faults::default())));
+    (
+        d,
+        GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+    )
+}
+
+fn ok(o: Outcome) -> Response {
+    match o {
+        Outcome::Respond(r) => {
+            assert_eq!(status_name(r.status()), "VIRTIO_ACCEL_RESP_OK");
+            r
+        }
+        Outcome::Queued => panic!("queued"),
+    }
+}
+
+fn create(d: &mut Device, m: &GuestMem, prio: u32) -> u32 {
+    let r = ok(d.handle(
+        VIRTIO_ACCEL_VQ_CONTROL,
+        Request::CtxCreate(CtxCreate {
+            hdr: Hdr::new(VIRTIO_ACCEL_CMD_CTX_CREATE, 0),
+            priority: prio.into(),
+            padding: 0.into(),
+        }),
+        m,
+        0,
+    ));
+    r.hdr().ctx_id.get()
+}
+
+fn submit(d: &mut Device, m: &GuestMem, ctx: u32, fence: u64, waits: &[(u32, u64)], token: u64) {
+    d.set_features(DEVICE_BITS);
+    let nop = virtio_accel_protocol::snpu::Program { ops: vec![] }.encode();
+    let req = Request::Submit {
+        req: Submit {
+            hdr: Hdr::new(VIRTIO_ACCEL_CMD_SUBMIT, ctx),
+            out_fence: fence.into(),
+            flags: VIRTIO_ACCEL_SUBMIT_F_INLINE.into(),
+            cmd_size: (nop.len() as u32).into(),
+            nr_in_fences: (waits.len() as u32).into(),
+            ..Default::default()
+        },
+        bos: vec![],
+        in_fences: waits
+            .iter()
+            .map(|&(c, s)| FenceRef {
+                ctx_id: c.into(),
+                padding: 0.into(),
+                seqno: s.into(),
+            })
+            .collect(),
+        inline_cmd: nop,
+    };
+    assert!(matches!(
+        d.handle(VIRTIO_ACCEL_VQ_SUBMIT, req, m, token),
+        Outcome::Queued
+    ));
+}
+
+const DEVICE_BITS: u64 = (1 << VIRTIO_ACCEL_F_INLINE_CMD) | (1 << VIRTIO_ACCEL_F_CROSS_CTX_FENCE);
+
+fn run_next(d: &mut Device) -> u32 {
+    let t = d.next_job().expect("a runnable job");
+    d.finish(
+        t.ctx_id,
+        Ok(ExecReport { ops: 0 }),
+        Duration::from_micros(1),
+    );
+    t.ctx_id
+}
+
+#[test]
+fn higher_priority_context_runs_first_and_equal_ones_alternate() {
+    let (mut d, m) = dev();
+    let low = create(&mut d, &m, VIRTIO_ACCEL_PRIORITY_LOW);
+    let a = create(&mut d, &m, VIRTIO_ACCEL_PRIORITY_NORMAL);
+    let b = create(&mut d, &m, VIRTIO_ACCEL_PRIORITY_NORMAL);
+    for f in 1..=2 {
+        submit(&mut d, &m, low, f, &[], 0);
+        submit(&mut d, &m, a, f, &[], 0);
+        submit(&mut d, &m, b, f, &[], 0);
+    }
+    let order: Vec<u32> = (0..6).map(|_| run_next(&mut d)).collect();
+    assert_eq!(&order[4..], &[low, low]);
+    assert_ne!(order[0], order[1], "equal priorities alternate");
+    assert!(d.next_job().is_none());
+    assert_eq!(d.take_completions().len(), 6);
+}
+
+#[test]
+fn a_context_runs_one_job_at_a_time_in_order() {
+    let (mut d, m) = dev();
+    let c = create(&mut d, &m, 1);
+    submit(&mut d, &m, c, 1, &[], 10);
+    submit(&mut d, &m, c, 2, &[], 11);
+    let t = d.next_job().unwrap();
+    assert!(d.next_job().is_none(), "second job must wait for the first");
+    d.finish(t.ctx_id, Ok(ExecReport::default()), Duration::ZERO);
+    assert!(d.next_job().is_some());
+}
+
+#[test]
+fn in_fence_on_another_context_blocks_until_signalled() {
+    let (mut d, m) = dev();
+    let a = create(&mut d, &m, 1);
+    let b = create(&mut d, &m, 1);
+    submit(&mut d, &m, a, 1, &[], 21);
+    submit(&mut d, &m, b, 1, &[(a, 1)], 20);
+    let t = d.next_job().unwrap();
+    assert_eq!(t.ctx_id, a);
+    assert!(d.next_job().is_none(), "A's fence 1 has not signalled");
+    d.finish(a, Ok(ExecReport::default()), Duration::ZERO);
+    assert_eq!(run_next(&mut d), b);
+}
+
+#[test]
+fn dependency_on_a_lost_context_cancels_the_job() {
+    let (mut d, m) = dev();
+    let a = create(&mut d, &m, 1);
+    let b = create(&mut d, &m, 1);
+    submit(&mut d, &m, a, 1, &[], 1);
+    submit(&mut d, &m, b, 1, &[(a, 1)], 2);
+    let t = d.next_job().unwrap();
+    d.finish(t.ctx_id, Err(DriverError::Hang), Duration::ZERO);
+    assert!(d.next_job().is_none());
+    let c = d.take_completions();
+    let st: Vec<u32> = c.iter().map(|c| c.response.status()).collect();
+    assert_eq!(
+        st,
+        [
+            VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST,
+            VIRTIO_ACCEL_RESP_ERR_CANCELED
+        ]
+    );
+    let ev = d.pop_event().unwrap();
+    assert_eq!((ev.hdr.ctx_id.get(), ev.fence.get()), (a, 0));
+    assert_eq!(d.counts().jobs, 0);
+}
+
+#[test]
+fn destroying_a_context_with_a_running_job_answers_it_later() {
+    let (mut d, m) = dev();
+    let c = create(&mut d, &m, 1);
+    submit(&mut d, &m, c, 1, &[], 7);
+    let t = d.next_job().unwrap();
+    ok(d.handle(
+        VIRTIO_ACCEL_VQ_CONTROL,
+        Request::CtxDestroy(Hdr::new(VIRTIO_ACCEL_CMD_CTX_DESTROY, c)),
+        &m,
+        0,
+    ));
+    assert_eq!(d.counts().contexts, 0);
+    assert_eq!(d.counts().jobs, 1);
+    d.finish(t.ctx_id, Ok(ExecReport::default()), Duration::ZERO);
+    let c = d.take_completions();
+    assert_eq!((c.len(), c[0].token), (1, 7));
+    assert_eq!(d.counts(), Counts::default());
+}

@@ -279,3 +279,96 @@ impl WriteArea {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem() -> GuestMem {
+        GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+    }
+
+    fn desc(m: &GuestMem, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        m.write_slice(&raw, GuestAddress(table + 16 * u64::from(i)))
+            .unwrap();
+    }
+
+    #[test]
+    fn each_malformation_is_classified() {
+        let m = mem();
+        // 0: read 24 -> 1: zero length -> 2: write 112
+        desc(&m, 0, 0, 0x1000, 24, F_NEXT, 1);
+        desc(&m, 0, 1, 0x1000, 0, F_NEXT, 2);
+        desc(&m, 0, 2, 0x2000, 112, F_WRITE, 0);
+        let s = split(&m, 0, 16, 0, 4096);
+        assert_eq!(s.error, Some(ChainError::ZeroLength));
+        assert_eq!(s.write.len(), 112);
+        // A loop.
+        desc(&m, 0, 3, 0x1000, 24, F_NEXT, 3);
+        let s = split(&m, 0, 16, 3, 4096);
+        assert_eq!(s.error, Some(ChainError::TooLong));
+        assert!(s.write.is_empty());
+        // Next outside the table.
+        desc(&m, 0, 4, 0x1000, 24, F_NEXT, 16);
+        assert!(matches!(
+            split(&m, 0, 16, 4, 4096).error,
+            Some(ChainError::BadIndex { index: 16, .. })
+        ));
+        // Indirect with next, nested indirect, a table of 0 or odd size.
+        desc(&m, 0, 5, 0x3000, 32, F_INDIRECT | F_NEXT, 2);
+        assert_eq!(
+            split(&m, 0, 16, 5, 4096).error,
+            Some(ChainError::IndirectWithNext)
+        );
+        desc(&m, 0x3000, 0, 0x3000, 32, F_INDIRECT, 0);
+        desc(&m, 0, 6, 0x3000, 32, F_INDIRECT, 0);
+        assert_eq!(
+            split(&m, 0, 16, 6, 4096).error,
+            Some(ChainError::NestedIndirect)
+        );
+        desc(&m, 0, 7, 0x3000, 24, F_INDIRECT, 0);
+        assert_eq!(
+            split(&m, 0, 16, 7, 4096).error,
+            Some(ChainError::BadIndirect(24))
+        );
+        // A writable descriptor outside guest memory: nothing is written.
+        desc(&m, 0, 8, 0x1000, 24, F_NEXT, 9);
+        desc(&m, 0, 9, 0xfff0, 112, F_WRITE, 0);
+        let s = split(&m, 0, 16, 8, 4096);
+        assert!(matches!(s.error, Some(ChainError::BadAddress { .. })));
+        assert!(s.write.is_empty());
+        // Read after write.
+        desc(&m, 0, 10, 0x2000, 112, F_WRITE | F_NEXT, 11);
+        desc(&m, 0, 11, 0x1000, 24, 0, 0);
+        assert_eq!(
+            split(&m, 0, 16, 10, 4096).error,
+            Some(ChainError::ReadAfterWrite)
+        );
+        // A good indirect chain.
+        desc(&m, 0x4000, 0, 0x1000, 24, F_NEXT, 1);
+        desc(&m, 0x4000, 1, 0x2000, 112, F_WRITE, 0);
+        desc(&m, 0, 12, 0x4000, 32, F_INDIRECT, 0);
+        let s = split(&m, 0, 16, 12, 4096);
+        assert_eq!(s.error, None);
+        assert_eq!((s.request.len(), s.write.len()), (24, 112));
+    }
+
+    #[test]
+    fn a_parked_area_keeps_only_its_response_descriptors() {
+        let mut w = WriteArea {
+            descs: vec![
+                (GuestAddress(0), 16),
+                (GuestAddress(64), 16),
+                (GuestAddress(128), 4096),
+            ],
+            len: 4128,
+        };
+        w.truncate(32);
+        assert_eq!((w.descs.len(), w.len()), (2, 32));
+    }
+}

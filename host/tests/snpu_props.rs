@@ -1,0 +1,341 @@
+//! Properties of SNPU validation and execution on the software NPU, over
+//! random op descriptors whose dims, strides and offsets reach the edges
+//! of their types (tests build with overflow checks on, so any unchecked
+//! arithmetic on these values panics here):
+//! - validation never panics, and what it admits re-encodes identically;
+//! - a job validation admits runs without panicking, writes nothing
+//!   outside its buffers, and its working-memory figure does not overflow;
+//! - ADD/MUL with broadcast inputs compute what a plain loop computes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use vhost_device_accel::driver::sim::{Faults, SimNpu};
+use vhost_device_accel::driver::NpuDriver;
+use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
+use virtio_accel_protocol::snpu::*;
+use vm_memory::{Bytes, GuestAddress};
+
+const SLOT: u64 = 0x1_0000;
+const GUARD: u8 = 0x5c;
+
+fn edge_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0u64..8,
+        Just(1 << 16),
+        Just(1 << 26),
+        Just(1 << 31),
+        Just(u64::from(u32::MAX)),
+        Just(u64::MAX - 3),
+        any::<u64>(),
+    ]
+}
+
+fn dense(bo: u32, dtype: DType, dims: &[u32]) -> TensorDesc {
+    TensorDesc::dense(bo, dtype, 0, dims)
+}
+
+/// A well-formed op over small shapes; mutations then push its fields to
+/// the edges.
+fn valid_op() -> impl Strategy<Value = OpDesc> {
+    let d = || 1u32..5;
+    prop_oneof![
+        Just(OpDesc::Nop),
+        (d(), d()).prop_map(|(r, c)| OpDesc::Copy {
+            src: dense(0, DType::F32, &[r, c]),
+            dst: dense(3, DType::F32, &[r, c]),
+        }),
+        (d(), d(), any::<bool>(), any::<bool>()).prop_map(|(r, c, row, mul)| {
+            let (a, out) = (dense(0, DType::F32, &[r, c]), dense(3, DType::F32, &[r, c]));
+            let b = if row {
+                dense(1, DType::F32, &[c])
+            } else {
+                dense(1, DType::F32, &[r, 1])
+            };
+            if mul {
+                OpDesc::Mul { a, b, out }
+            } else {
+                OpDesc::Add { a, b, out }
+            }
+        }),
+        (d(), d(), any::<bool>()).prop_map(|(r, c, i8)| {
+            let t = if i8 { DType::I8 } else { DType::F32 };
+            OpDesc::Relu {
+                input: dense(0, t, &[r, c]),
+                out: dense(3, t, &[r, c]),
+            }
+        }),
+        (d(), d()).prop_map(|(r, c)| OpDesc::Softmax {
+            input: dense(0, DType::F32, &[r, c]),
+            out: dense(3, DType::F32, &[r, c]),
+        }),
+        (d(), d(), d(), any::<Option<(i8, i8, i8, bool)>>()).prop_map(|(m, k, n, q)| {
+            match q {
+                None => OpDesc::MatMul {
+                    a: dense(0, DType::F32, &[m, k]),
+                    b: dense(1, DType::F32, &[k, n]),
+                    out: dense(3, DType::F32, &[m, n]),
+                    quant: None,
+                },
+                Some((az, bz, oz, i8_out)) => OpDesc::MatMul {
+                    a: dense(0, DType::I8, &[m, k]),
+                    b: dense(1, DType::I8, &[k, n]),
+                    out: dense(3, if i8_out { DType::I8 } else { DType::I32 }, &[m, n]),
+                    quant: Some(Quant {
+                        a_zero: az.into(),
+                        b_zero: bz.into(),
+                        out_zero: if i8_out { oz.into() } else { 0 },
+                        scale: if i8_out { 0.25 } else { 0.0 },
+                    }),
+                },
+            }
+        }),
+        (
+            d(),
+            d(),
+            d(),
+            1u32..3,
+            1u32..3,
+            1u32..3,
+            0u32..2,
+            any::<bool>()
+        )
+            .prop_map(|(h, w, c, k, oc, s, p, bias)| {
+                let (hp, wp) = ((h + 2 * p).max(k), (w + 2 * p).max(k));
+                let (h, w) = (hp - 2 * p, wp - 2 * p);
+                let oh = (hp - k) / s + 1;
+                let ow = (wp - k) / s + 1;
+                OpDesc::Conv2d {
+                    input: dense(0, DType::F32, &[1, h.max(1), w.max(1), c]),
+                    filter: dense(1, DType::F32, &[k, k, c, oc]),
+                    bias: bias.then(|| dense(2, DType::F32, &[oc])),
+                    out: dense(3, DType::F32, &[1, oh, ow, oc]),
+                    stride: [s, s],
+                    pad: [p; 4],
+                }
+            }),
+    ]
+}
+
+/// One change to a tensor field: (tensor, field, value). Fields 0-3 are
+/// dims, 4-7 strides, 8 the offset, 9 the buffer index.
+type Mutation = (u8, u8, u64);
+
+fn tensors_mut(op: &mut OpDesc) -> Vec<&mut TensorDesc> {
+    match op {
+        OpDesc::Nop => vec![],
+        OpDesc::Copy { src, dst } => vec![src, dst],
+        OpDesc::Add { a, b, out } | OpDesc::Mul { a, b, out } => vec![a, b, out],
+        OpDesc::Relu { input, out } | OpDesc::Softmax { input, out } => vec![input, out],
+        OpDesc::MatMul { a, b, out, .. } => vec![a, b, out],
+        OpDesc::Conv2d {
+            input,
+            filter,
+            bias,
+            out,
+            ..
+        } => {
+            let mut v = vec![input, filter, out];
+            v.extend(bias.as_mut());
+            v
+        }
+    }
+}
+
+fn mutate(op: &mut OpDesc, muts: &[Mutation]) {
+    for &(t, field, v) in muts {
+        let mut ts = tensors_mut(op);
+        if ts.is_empty() {
+            return;
+        }
+        let n = ts.len();
+        let t = &mut ts[usize::from(t) % n];
+        let f = usize::from(field % 10);
+        let v32 = v as u32;
+        match f {
+            0..=3 if f < t.rank => t.dims[f] = v32,
+            4..=7 if f - 4 < t.rank => t.strides[f - 4] = v32,
+            8 => t.offset = v,
+            9 => t.bo_index = v32 % 5,
+            _ => {}
+        }
+    }
+}
+
+fn op() -> impl Strategy<Value = OpDesc> {
+    (
+        valid_op(),
+        prop::collection::vec((any::<u8>(), any::<u8>(), edge_u64()), 0..3),
+    )
+        .prop_map(|(mut op, muts)| {
+            mutate(&mut op, &muts);
+            op
+        })
+}
+
+/// Multiply-accumulates and elements a program touches: jobs above a
+/// budget are validated but not run, to keep the test fast.
+fn cost(p: &Program) -> u64 {
+    p.ops.iter().fold(0u64, |acc, op| {
+        let (ins, out) = op.tensors();
+        let e = ins
+            .iter()
+            .chain(out.iter())
+            .fold(0u64, |a, t| a.saturating_add(t.elems()));
+        let macs = match op {
+            OpDesc::MatMul { a, b, .. } => u64::from(a.dims[0])
+                .saturating_mul(u64::from(a.dims[1]))
+                .saturating_mul(u64::from(b.dims[1])),
+            OpDesc::Conv2d { filter, out, .. } => out
+                .elems()
+                .saturating_mul(u64::from(filter.dims[0]))
+                .saturating_mul(u64::from(filter.dims[1]))
+                .saturating_mul(u64::from(filter.dims[2])),
+            _ => 0,
+        };
+        acc.saturating_add(e).saturating_add(macs)
+    })
+}
+
+/// Runs `program` over buffers of `sizes` bytes laid out in guard-filled
+/// slots; returns the buffers' contents after the run, or None if the
+/// device refused the job.
+fn run(program: &Program, sizes: &[u64], access: &[u32], init: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    let npu = SimNpu::new(Faults::default());
+    let shapes: Vec<(u64, u32)> = sizes.iter().copied().zip(access.iter().copied()).collect();
+    let prepared = npu.prepare(&program.encode(), &shapes).ok()?;
+    assert_eq!(prepared.work_bytes, program.work_bytes());
+    if prepared.work_bytes > 4 << 20 || cost(program) > 1 << 20 {
+        return None;
+    }
+    let mem =
+        GuestMem::from_ranges(&[(GuestAddress(0), SLOT as usize * sizes.len().max(1))]).unwrap();
+    mem.write_slice(
+        &vec![GUARD; SLOT as usize * sizes.len().max(1)],
+        GuestAddress(0),
+    )
+    .unwrap();
+    let backings: Vec<Backing> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            let at = i as u64 * SLOT;
+            mem.write_slice(&init[i], GuestAddress(at)).unwrap();
+            Backing::new(vec![(at, s as u32)])
+        })
+        .collect();
+    let stats = MemStats::default();
+    let bos: Vec<_> = backings
+        .iter()
+        .map(|b| b.resolve(&mem, &stats).unwrap())
+        .collect();
+    let job = Arc::new(prepared);
+    let _ = npu.execute(&job, &bos, Instant::now() + Duration::from_secs(30));
+    let mut out = Vec::new();
+    for (i, &s) in sizes.iter().enumerate() {
+        let mut rest = vec![0u8; (SLOT - s) as usize];
+        mem.read_slice(&mut rest, GuestAddress(i as u64 * SLOT + s))
+            .unwrap();
+        assert!(rest.iter().all(|&b| b == GUARD), "write outside buffer {i}");
+        let mut b = vec![0u8; s as usize];
+        mem.read_slice(&mut b, GuestAddress(i as u64 * SLOT))
+            .unwrap();
+        out.push(b);
+    }
+    Some(out)
+}
+
+/// The strategies' value trees are deep; debug builds need a larger stack
+/// than a test thread's default.
+fn with_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+#[test]
+fn validation_and_execution_never_panic() {
+    with_stack(|| {
+        proptest!(ProptestConfig::with_cases(3000), |(
+            ops in prop::collection::vec(op(), 1..4),
+                sizes in prop::array::uniform4(prop_oneof![256u64..4096, 1u64..256]),
+            access in prop::array::uniform4(prop_oneof![Just(3u32), 1u32..4]),
+            fill in any::<u8>(),
+        )| {
+            check_program(ops, sizes, access, fill)?;
+        });
+    });
+}
+
+fn check_program(
+    ops: Vec<OpDesc>,
+    sizes: [u64; 4],
+    access: [u32; 4],
+    fill: u8,
+) -> Result<(), TestCaseError> {
+    {
+        let p = Program { ops };
+        let bytes = p.encode();
+        if let Ok(parsed) = parse(&bytes) {
+            prop_assert_eq!(parsed.encode(), bytes);
+            let _ = parsed.work_bytes();
+            let init: Vec<Vec<u8>> = sizes
+                .iter()
+                .map(|&s| (0..s).map(|j| (j as u8) ^ fill).collect())
+                .collect();
+            run(&parsed, &sizes, &access, &init);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn elementwise_broadcasts_match_a_plain_loop(
+        rows in 1u32..6,
+        cols in 1u32..6,
+        bcast_row in any::<bool>(),
+        by_stride in any::<bool>(),
+        mul in any::<bool>(),
+        a in prop::collection::vec(-100i16..100, 36),
+        b in prop::collection::vec(-100i16..100, 6),
+    ) {
+        // out[r][c] = a[r][c] op b[c] (b a row broadcast to every row),
+        // b given either as dims [cols] or as [rows, cols] with stride 0.
+        let ta = TensorDesc::dense(0, DType::F32, 0, &[rows, cols]);
+        let tb = if by_stride {
+            let mut t = TensorDesc::dense(1, DType::F32, 0, &[rows, cols]);
+            t.strides = if bcast_row { [0, 1, 0, 0] } else { [1, 0, 0, 0] };
+            t
+        } else if bcast_row {
+            TensorDesc::dense(1, DType::F32, 0, &[cols])
+        } else {
+            TensorDesc::dense(1, DType::F32, 0, &[rows, 1])
+        };
+        let to = TensorDesc::dense(2, DType::F32, 0, &[rows, cols]);
+        let op = if mul {
+            OpDesc::Mul { a: ta, b: tb, out: to }
+        } else {
+            OpDesc::Add { a: ta, b: tb, out: to }
+        };
+        let p = Program { ops: vec![op] };
+        let f = |v: &[i16]| -> Vec<u8> { v.iter().flat_map(|&x| f32::from(x).to_le_bytes()).collect() };
+        let n = (rows * cols) as usize;
+        let init = vec![f(&a[..n]), f(&b), vec![0; n * 4]];
+        let out = run(&p, &[n as u64 * 4, 24, n as u64 * 4], &[1, 1, 2], &init).expect("valid job");
+        for r in 0..rows as usize {
+            for c in 0..cols as usize {
+                let x = f32::from(a[r * cols as usize + c]);
+                let y = f32::from(if bcast_row { b[c] } else { b[r] });
+                let want = if mul { x * y } else { x + y };
+                let at = (r * cols as usize + c) * 4;
+                let got = f32::from_le_bytes(out[2][at..at + 4].try_into().unwrap());
+                prop_assert_eq!(got, want, "r {} c {}", r, c);
+            }
+        }
+    }
+}

@@ -550,3 +550,64 @@ fn nop(ctx: u32, fence: u64, waits: &[(u32, u64)]) -> Request {
         ),
     )
 }
+
+#[test]
+fn the_statuses_the_spec_now_names_are_the_ones_answered() {
+    let mut cfg = Config::default();
+    cfg.limits.max_bos = 3;
+    cfg.limits.max_total_bo_bytes = 1 << 20;
+    cfg.limits.max_job_memory = 5 << 20;
+    let d = Daemon::start(cfg, 1);
+    let mut g = connect(&d, 0);
+    // The quotas are advertised behind VIRTIO_ACCEL_F_QUOTAS.
+    assert!(g.has_feature(VIRTIO_ACCEL_F_QUOTAS));
+    assert_eq!(g.config.max_bos.get(), 3);
+    assert_eq!(g.config.max_total_bo_bytes.get(), 1 << 20);
+    assert_eq!(g.config.max_job_memory.get(), 5 << 20);
+    // ctx_id 0 names no context.
+    assert_status(g.ctx_destroy(0), VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE);
+    assert_status(
+        g.bo_create_status(0, 4096, 0).0,
+        VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE,
+    );
+    assert_status(
+        g.submit(&nop(0, 1, &[])).status(),
+        VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE,
+    );
+    let c = g.ctx_create();
+    // cmd_size 0 is malformed.
+    let mut empty = nop(c, 1, &[]);
+    if let Request::Submit {
+        req, inline_cmd, ..
+    } = &mut empty
+    {
+        req.cmd_size = 0.into();
+        inline_cmd.clear();
+    }
+    assert_status(g.submit(&empty).status(), INVALID);
+    // A command-stream BO without backing is ERR_INVALID.
+    let (st, unbacked) = g.bo_create_status(c, 4096, 0);
+    assert_status(st, OK);
+    let from_bo = Guest::submit_request(
+        c,
+        1,
+        &[],
+        &[],
+        CmdSource::Bo {
+            handle: unbacked,
+            offset: 0,
+            size: 16,
+        },
+    );
+    assert_status(g.submit(&from_bo).status(), INVALID);
+    // max_bos is a quota: the fourth BO is refused and nothing is held.
+    g.bo(c, 4096, Layout::Contiguous);
+    g.bo(c, 4096, Layout::Contiguous);
+    assert_status(g.bo_create_status(c, 4096, 0).0, QUOTA);
+    assert_eq!(d.vm_stats(0).unwrap().counts.bos, 3);
+    // A count above a per-request limit is ERR_OUT_OF_RANGE.
+    let fences: Vec<(u32, u64)> = (0..33).map(|_| (c, 0)).collect();
+    assert_status(g.submit(&nop(c, 1, &fences)).status(), RANGE);
+    assert_status(g.ctx_destroy(c), OK);
+    assert_eq!(d.vm_stats(0).unwrap().counts, Default::default());
+}

@@ -242,9 +242,8 @@ impl Device {
             .contexts
             .remove(&id)
             .ok_or(VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE)?;
-        self.bo_bytes = self
-            .bo_bytes
-            .saturating_sub(c.bos.values().map(|b| b.size).sum());
+        let bytes = c.bos.values().fold(0u64, |a, b| a.saturating_add(b.size));
+        self.bo_bytes = self.bo_bytes.saturating_sub(bytes);
         self.bo_count = self.bo_count.saturating_sub(c.bos.len());
         c.bos.clear();
         self.events.retain(|e| e.hdr.ctx_id.get() != id);

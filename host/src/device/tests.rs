@@ -168,3 +168,69 @@ fn destroying_a_context_with_a_running_job_answers_it_later() {
     assert_eq!((c.len(), c[0].token), (1, 7));
     assert_eq!(d.counts(), Counts::default());
 }
+
+fn statuses(d: &mut Device) -> Vec<(u64, u32)> {
+    d.take_completions()
+        .into_iter()
+        .map(|c| (c.token, c.response.status()))
+        .collect()
+}
+
+#[test]
+fn a_lost_dependency_cancels_waiters_in_fence_order_and_chains_own_waits() {
+    let (mut d, m) = dev();
+    let v = create(&mut d, &m, 1);
+    let w = create(&mut d, &m, 1);
+    submit(&mut d, &m, v, 1, &[], 1);
+    let t = d.next_job().unwrap();
+    assert_eq!(t.ctx_id, v);
+    // W: job 1 free, job 2 waits on V:1, job 3 waits on W's own fence 2.
+    submit(&mut d, &m, w, 1, &[], 2);
+    submit(&mut d, &m, w, 2, &[(v, 1)], 3);
+    submit(&mut d, &m, w, 3, &[(w, 2)], 4);
+    assert_eq!(d.next_job().unwrap().ctx_id, w); // W:1 runs
+    d.finish(v, Err(DriverError::Hang), Duration::ZERO);
+    // V's job is answered; W:2 and W:3 can never run but W:1 still runs,
+    // so they wait behind it.
+    assert_eq!(statuses(&mut d), [(1, VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST)]);
+    d.finish(w, Ok(ExecReport::default()), Duration::from_micros(3));
+    assert_eq!(
+        statuses(&mut d),
+        [
+            (2, VIRTIO_ACCEL_RESP_OK),
+            (3, VIRTIO_ACCEL_RESP_ERR_CANCELED),
+            (4, VIRTIO_ACCEL_RESP_ERR_CANCELED)
+        ]
+    );
+    assert!(d.next_job().is_none());
+    assert_eq!(d.counts().jobs, 0);
+}
+
+#[test]
+fn a_destroyed_context_answers_its_running_job_first() {
+    let (mut d, m) = dev();
+    let c = create(&mut d, &m, 1);
+    submit(&mut d, &m, c, 1, &[], 1);
+    submit(&mut d, &m, c, 2, &[], 2);
+    let t = d.next_job().unwrap();
+    ok(d.handle(
+        VIRTIO_ACCEL_VQ_CONTROL,
+        Request::CtxDestroy(Hdr::new(VIRTIO_ACCEL_CMD_CTX_DESTROY, c)),
+        &m,
+        0,
+    ));
+    assert!(statuses(&mut d).is_empty(), "nothing answered before job 1");
+    d.finish(
+        t.ctx_id,
+        Ok(ExecReport::default()),
+        Duration::from_micros(1),
+    );
+    assert_eq!(
+        statuses(&mut d),
+        [
+            (1, VIRTIO_ACCEL_RESP_OK),
+            (2, VIRTIO_ACCEL_RESP_ERR_CANCELED)
+        ]
+    );
+    assert_eq!(d.counts(), Counts::default());
+}

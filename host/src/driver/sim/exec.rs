@@ -255,11 +255,14 @@ fn copy(bos: &[BoMem<'_>], src: &TensorDesc, dst: &TensorDesc) -> Result<(), Dri
 fn broadcast_strides(t: &TensorDesc, out: &TensorDesc) -> [usize; 4] {
     let mut s = [0usize; 4];
     let mut dense = 1usize;
-    for k in (0..t.rank).rev() {
-        let ok = out.rank - t.rank + k;
+    // Validation has t.rank <= out.rank; anything else broadcasts nothing.
+    let shift = out.rank.saturating_sub(t.rank);
+    for k in (0..t.rank.min(4)).rev() {
         let extent = if t.strides[k] == 0 { 1 } else { t.dims[k] };
-        s[ok] = if extent == 1 { 0 } else { dense };
-        dense *= extent as usize;
+        if let Some(slot) = s.get_mut(shift + k) {
+            *slot = if extent == 1 { 0 } else { dense };
+        }
+        dense = dense.saturating_mul(extent as usize);
     }
     s
 }

@@ -1,0 +1,310 @@
+//! Writes the seed corpus: valid requests, responses and events (decode),
+//! valid SNPU programs over fitting buffers (snpu), and guest memory
+//! images holding well-formed rings with real chains (ring).
+//! `cargo run --example seeds -- fuzz/corpus` from the repository root.
+
+use std::path::Path;
+
+use virtio_accel_protocol::snpu::*;
+use virtio_accel_protocol::*;
+use zerocopy::IntoBytes;
+
+fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
+    let d = dir.join(target);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join(name), bytes).unwrap();
+}
+
+fn programs() -> Vec<(&'static str, Program, Vec<(u16, u8)>)> {
+    let f = DType::F32;
+    let t = |bo, dims: &[u32]| TensorDesc::dense(bo, f, 0, dims);
+    let rw = |n: u16| (n - 1, 3u8);
+    vec![
+        (
+            "nop",
+            Program {
+                ops: vec![OpDesc::Nop],
+            },
+            vec![],
+        ),
+        (
+            "copy",
+            Program {
+                ops: vec![OpDesc::Copy {
+                    src: t(0, &[4, 4]),
+                    dst: t(1, &[4, 4]),
+                }],
+            },
+            vec![rw(64), rw(64)],
+        ),
+        (
+            "add_broadcast",
+            Program {
+                ops: vec![OpDesc::Add {
+                    a: t(0, &[3, 4]),
+                    b: t(1, &[4]),
+                    out: t(2, &[3, 4]),
+                }],
+            },
+            vec![rw(48), rw(16), rw(48)],
+        ),
+        (
+            "mlp",
+            Program {
+                ops: vec![
+                    OpDesc::MatMul {
+                        a: t(0, &[2, 8]),
+                        b: t(1, &[8, 4]),
+                        out: t(2, &[2, 4]),
+                        quant: None,
+                    },
+                    OpDesc::Relu {
+                        input: t(2, &[2, 4]),
+                        out: t(2, &[2, 4]),
+                    },
+                    OpDesc::Softmax {
+                        input: t(2, &[2, 4]),
+                        out: t(3, &[2, 4]),
+                    },
+                ],
+            },
+            vec![rw(64), rw(128), rw(32), rw(32)],
+        ),
+        (
+            "int8",
+            Program {
+                ops: vec![OpDesc::MatMul {
+                    a: TensorDesc::dense(0, DType::I8, 0, &[4, 8]),
+                    b: TensorDesc::dense(1, DType::I8, 0, &[8, 4]),
+                    out: TensorDesc::dense(2, DType::I8, 0, &[4, 4]),
+                    quant: Some(Quant {
+                        a_zero: 3,
+                        b_zero: -2,
+                        out_zero: 1,
+                        scale: 0.125,
+                    }),
+                }],
+            },
+            vec![rw(32), rw(32), rw(16)],
+        ),
+        (
+            "conv2d",
+            Program {
+                ops: vec![OpDesc::Conv2d {
+                    input: t(0, &[1, 5, 5, 2]),
+                    filter: t(1, &[3, 3, 2, 3]),
+                    bias: Some(t(2, &[3])),
+                    out: t(3, &[1, 3, 3, 3]),
+                    stride: [2, 2],
+                    pad: [1, 1, 1, 1],
+                }],
+            },
+            vec![rw(200), rw(216), rw(12), rw(108)],
+        ),
+    ]
+}
+
+fn requests() -> Vec<(&'static str, Request)> {
+    let nop = Program {
+        ops: vec![OpDesc::Nop],
+    }
+    .encode();
+    vec![
+        (
+            "get_caps",
+            Request::GetCaps(GetCaps {
+                hdr: Hdr::new(VIRTIO_ACCEL_CMD_GET_CAPS, 0),
+                capset: 0.into(),
+                padding: 0.into(),
+            }),
+        ),
+        (
+            "ctx_create",
+            Request::CtxCreate(CtxCreate {
+                hdr: Hdr::new(VIRTIO_ACCEL_CMD_CTX_CREATE, 0),
+                priority: 1.into(),
+                padding: 0.into(),
+            }),
+        ),
+        (
+            "ctx_destroy",
+            Request::CtxDestroy(Hdr::new(VIRTIO_ACCEL_CMD_CTX_DESTROY, 1)),
+        ),
+        (
+            "bo_create",
+            Request::BoCreate(BoCreate {
+                hdr: Hdr::new(VIRTIO_ACCEL_CMD_BO_CREATE, 1),
+                size: 4096.into(),
+                flags: 0.into(),
+                padding: 0.into(),
+            }),
+        ),
+        (
+            "bo_info",
+            Request::BoInfo(BoReq {
+                hdr: Hdr::new(VIRTIO_ACCEL_CMD_BO_INFO, 1),
+                bo_handle: 1.into(),
+                padding: 0.into(),
+            }),
+        ),
+        (
+            "bo_attach",
+            Request::BoAttachBacking {
+                req: BoAttachBacking {
+                    hdr: Hdr::new(VIRTIO_ACCEL_CMD_BO_ATTACH_BACKING, 1),
+                    bo_handle: 1.into(),
+                    nr_entries: 2.into(),
+                },
+                entries: vec![
+                    MemEntry {
+                        addr: 0x4000.into(),
+                        length: 2048.into(),
+                        padding: 0.into(),
+                    },
+                    MemEntry {
+                        addr: 0x8000.into(),
+                        length: 2048.into(),
+                        padding: 0.into(),
+                    },
+                ],
+            },
+        ),
+        (
+            "fence_poll",
+            Request::FencePoll(FencePoll {
+                hdr: Hdr::new(VIRTIO_ACCEL_CMD_FENCE_POLL, 1),
+                seqno: 1.into(),
+            }),
+        ),
+        (
+            "ioctl",
+            Request::Ioctl {
+                req: Ioctl {
+                    hdr: Hdr::new(VIRTIO_ACCEL_CMD_IOCTL, 1),
+                    cmd: 1.into(),
+                    in_size: 0.into(),
+                    out_size: 32.into(),
+                    padding: 0.into(),
+                },
+                payload: vec![],
+            },
+        ),
+        (
+            "submit",
+            Request::Submit {
+                req: Submit {
+                    hdr: Hdr::new(VIRTIO_ACCEL_CMD_SUBMIT, 1),
+                    out_fence: 1.into(),
+                    flags: VIRTIO_ACCEL_SUBMIT_F_INLINE.into(),
+                    cmd_size: (nop.len() as u32).into(),
+                    nr_bos: 1.into(),
+                    nr_in_fences: 1.into(),
+                    ..Default::default()
+                },
+                bos: vec![SubmitBo {
+                    bo_handle: 1.into(),
+                    access: 3.into(),
+                }],
+                in_fences: vec![FenceRef {
+                    ctx_id: 1.into(),
+                    padding: 0.into(),
+                    seqno: 0.into(),
+                }],
+                inline_cmd: nop,
+            },
+        ),
+    ]
+}
+
+/// A guest memory image for the ring target: per queue q a descriptor
+/// table at q·0x400, avail ring at +0x100, used ring at +0x200 (16
+/// entries), request and response buffers from 0x1000.
+fn ring_image(chains: &[(u16, Vec<u8>, u32)]) -> Vec<u8> {
+    let mut mem = vec![0u8; 0x4000];
+    let mut data = 0x1000usize;
+    let mut next_desc = [0u16; 3];
+    let mut avail = [0u16; 3];
+    for (q, req, resp) in chains {
+        let q = usize::from(*q);
+        let base = q * 0x400;
+        let (d0, d1) = (next_desc[q], next_desc[q] + 1);
+        next_desc[q] += 2;
+        let (rq, rs) = (data, data + req.len().next_multiple_of(16));
+        data = rs + (*resp as usize).next_multiple_of(16);
+        mem[rq..rq + req.len()].copy_from_slice(req);
+        let mut desc = |i: u16, addr: usize, len: u32, flags: u16, next: u16| {
+            let at = base + 16 * usize::from(i);
+            mem[at..at + 8].copy_from_slice(&(addr as u64).to_le_bytes());
+            mem[at + 8..at + 12].copy_from_slice(&len.to_le_bytes());
+            mem[at + 12..at + 14].copy_from_slice(&flags.to_le_bytes());
+            mem[at + 14..at + 16].copy_from_slice(&next.to_le_bytes());
+        };
+        if req.is_empty() {
+            desc(d0, rs, *resp, 2, 0);
+        } else {
+            desc(d0, rq, req.len() as u32, 1, d1);
+            desc(d1, rs, *resp, 2, 0);
+        }
+        let slot = base + 0x100 + 4 + 2 * usize::from(avail[q]);
+        mem[slot..slot + 2].copy_from_slice(&d0.to_le_bytes());
+        avail[q] += 1;
+    }
+    for q in 0..3 {
+        let at = q * 0x400 + 0x100 + 2;
+        mem[at..at + 2].copy_from_slice(&avail[q].to_le_bytes());
+    }
+    mem
+}
+
+fn main() {
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "fuzz/corpus".into());
+    let dir = Path::new(&dir);
+    for (name, r) in requests() {
+        let mut b = vec![0u8];
+        b.extend(r.encode());
+        write(dir, "decode", &format!("req_{name}"), &b);
+        let t = r.hdr().type_.get();
+        let idx = REQUEST_TYPES.iter().position(|(k, _)| *k == t).unwrap() as u16;
+        let mut b = vec![1u8];
+        b.extend(idx.to_le_bytes());
+        b.extend(Response::error(t, 1, VIRTIO_ACCEL_RESP_OK).encode());
+        write(dir, "decode", &format!("resp_{name}"), &b);
+    }
+    let ev = Event {
+        hdr: Hdr::new(VIRTIO_ACCEL_EVENT_CONTEXT_LOST, 1),
+        fence: 3.into(),
+        reason: VIRTIO_ACCEL_LOST_HANG.into(),
+        padding: 0.into(),
+    };
+    let mut b = vec![2u8];
+    b.extend(ev.as_bytes());
+    write(dir, "decode", "event", &b);
+
+    for (name, p, bos) in programs() {
+        let mut b = vec![bos.len() as u8];
+        for i in 0..4 {
+            let (s, a) = bos.get(i).copied().unwrap_or((0, 0));
+            b.extend(s.to_le_bytes());
+            b.push(a);
+        }
+        b.push(0x11);
+        b.extend(p.encode());
+        write(dir, "snpu", name, &b);
+    }
+
+    let reqs = requests();
+    let enc = |n: &str| reqs.iter().find(|(k, _)| *k == n).unwrap().1.encode();
+    let image = ring_image(&[
+        (0, enc("get_caps"), 112),
+        (0, enc("ctx_create"), 16),
+        (0, enc("bo_create"), 32),
+        (0, enc("bo_attach"), 16),
+        (1, enc("submit"), 32),
+        (2, vec![], 32),
+    ]);
+    write(dir, "ring", "control_submit_event", &image);
+    let image = ring_image(&[(0, enc("ctx_create"), 16), (1, enc("submit"), 32)]);
+    write(dir, "ring", "ctx_and_submit", &image);
+}

@@ -1,0 +1,107 @@
+//! The vring handling of the real backend: arbitrary descriptor tables,
+//! available rings (index included) and data, laid into guest memory and
+//! handed to `AccelBackend::handle_event` exactly as the vhost-user daemon
+//! does. It must never fail or panic, never write a used entry naming a
+//! descriptor outside the table, and answer at most one used entry per
+//! chain made available.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+use vhost_device_accel::driver::sim::{Faults, SimNpu};
+use vhost_device_accel::memory::GuestMem;
+use vhost_device_accel::sched::Scheduler;
+use vhost_device_accel::vhost_user::AccelBackend;
+use vhost_device_accel::Config;
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_accel_protocol::*;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
+use vmm_sys_util::epoll::EventSet;
+
+const QSIZE: u16 = 16;
+const MEM: usize = 0x10000;
+/// Each queue: descriptor table, avail ring, used ring.
+const fn layout(q: u64) -> (u64, u64, u64) {
+    let base = q * 0x400;
+    (base, base + 0x100, base + 0x200)
+}
+
+fn sched() -> &'static Arc<Scheduler> {
+    static S: OnceLock<Arc<Scheduler>> = OnceLock::new();
+    S.get_or_init(|| {
+        Scheduler::new(
+            Arc::new(SimNpu::new(Faults::default())),
+            1,
+            Duration::from_secs(5),
+        )
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mem = GuestMem::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+    // The fuzzer's bytes are the guest's memory: rings and buffers alike.
+    let n = data.len().min(MEM);
+    mem.write_slice(&data[..n], GuestAddress(0)).unwrap();
+    // The used rings are the device's to write.
+    for q in 0..3u64 {
+        let (_, _, used) = layout(q);
+        mem.write_slice(&[0u8; 0x100], GuestAddress(used)).unwrap();
+    }
+    let atomic = GuestMemoryAtomic::new(mem.clone());
+    let mut config = Config::default();
+    config.queue_size = usize::from(QSIZE);
+    // Small jobs only: this target is about rings, not NPU time.
+    config.limits.max_job_memory = 64 << 10;
+    // Requests of a few KiB at most: the largest is read whole per chain.
+    config.limits.max_sg_entries = 64;
+    config.limits.max_submit_bos = 16;
+    config.limits.max_inline_cmd_size = 1024;
+    let backend = AccelBackend::new(config, sched().clone(), atomic.clone()).unwrap();
+    let features = backend.features();
+    backend.acked_features(features);
+    let event_idx = data.first().is_some_and(|b| b & 1 != 0);
+    backend.set_event_idx(event_idx);
+    let vrings: Vec<VringRwLock> = (0..VIRTIO_ACCEL_NUM_QUEUES as u64)
+        .map(|q| {
+            let v = VringRwLock::new(atomic.clone(), QSIZE).unwrap();
+            let (d, a, u) = layout(q);
+            v.set_queue_size(QSIZE);
+            v.set_queue_info(d, a, u).unwrap();
+            v.set_queue_event_idx(event_idx);
+            v.set_queue_ready(true);
+            v.set_enabled(true);
+            v
+        })
+        .collect();
+    let avail_before: Vec<u16> = (0..3)
+        .map(|q| mem.read_obj::<u16>(GuestAddress(layout(q).1 + 2)).unwrap())
+        .collect();
+    for ev in [
+        VIRTIO_ACCEL_VQ_CONTROL,
+        VIRTIO_ACCEL_VQ_SUBMIT,
+        VIRTIO_ACCEL_VQ_EVENT,
+        VIRTIO_ACCEL_VQ_CONTROL,
+    ] {
+        backend
+            .handle_event(ev, EventSet::IN, &vrings, 0)
+            .expect("handle_event never fails");
+    }
+    for q in 0..3u64 {
+        let (_, _, used) = layout(q);
+        let idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
+        // Used entries can only be for chains made available (the avail
+        // index may be bogus; more than QSIZE ahead breaks the ring).
+        let made = avail_before[q as usize];
+        if made <= QSIZE {
+            assert!(idx <= made, "queue {q}: {idx} used for {made} available");
+        }
+        for i in 0..idx.min(QSIZE) {
+            let id: u32 = mem
+                .read_obj(GuestAddress(used + 4 + 8 * u64::from(i)))
+                .unwrap();
+            assert!(id < u32::from(QSIZE), "queue {q}: used entry names {id}");
+        }
+    }
+});

@@ -1,0 +1,126 @@
+//! The software NPU's command stream: parse, validate against fuzzer-sized
+//! buffers, and execute what validation admits on the real software NPU
+//! over real guest memory. Validation must make execution safe: no panic,
+//! no write outside the job's buffers (guard bytes between buffers are
+//! checked), and no allocation beyond the job's admitted working memory
+//! (run with -malloc_limit_mb far below what an unchecked op allocates).
+#![no_main]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use vhost_device_accel::driver::sim::{Faults, SimNpu};
+use vhost_device_accel::driver::NpuDriver;
+use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
+use virtio_accel_protocol::snpu::{self, OpDesc, Program};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Working memory a fuzzed job may have: small, so that any allocation of
+/// an op that escaped the accounting shows up against -malloc_limit_mb.
+const MAX_JOB_MEMORY: u64 = 1 << 20;
+/// Work (elements touched plus multiply-accumulates) above which a job is
+/// validated but not executed, to keep executions fast.
+const MAX_COST: u64 = 1 << 22;
+const SLOT: u64 = 0x2_0000;
+const GUARD: u8 = 0xa5;
+
+/// Input: `nr_bos` (u8), four times (`size - 1` le16, access u8), `fill`
+/// (u8), then the command stream.
+struct Input<'a> {
+    bos: [(u16, u8); 4],
+    nr_bos: u8,
+    fill: u8,
+    cmd: &'a [u8],
+}
+
+fn input(data: &[u8]) -> Option<Input<'_>> {
+    let (head, cmd) = data.split_first_chunk::<14>()?;
+    let mut bos = [(0u16, 0u8); 4];
+    for (i, b) in bos.iter_mut().enumerate() {
+        let at = 1 + 3 * i;
+        *b = (u16::from_le_bytes([head[at], head[at + 1]]), head[at + 2]);
+    }
+    Some(Input {
+        bos,
+        nr_bos: head[0],
+        fill: head[13],
+        cmd,
+    })
+}
+
+fn cost(p: &Program) -> u64 {
+    p.ops.iter().fold(0u64, |acc, op| {
+        let (ins, out) = op.tensors();
+        let elems = ins
+            .iter()
+            .chain(out.iter())
+            .fold(0u64, |a, t| a.saturating_add(t.elems()));
+        let macs = match op {
+            OpDesc::MatMul { a, b, .. } => u64::from(a.dims[0])
+                .saturating_mul(u64::from(a.dims[1]))
+                .saturating_mul(u64::from(b.dims[1])),
+            OpDesc::Conv2d { filter, out, .. } => out
+                .elems()
+                .saturating_mul(u64::from(filter.dims[0]))
+                .saturating_mul(u64::from(filter.dims[1]))
+                .saturating_mul(u64::from(filter.dims[2])),
+            _ => 0,
+        };
+        acc.saturating_add(elems).saturating_add(macs)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some(input) = input(data) else {
+        return;
+    };
+    let Ok(program) = snpu::parse(input.cmd) else {
+        return;
+    };
+    // Whatever parses encodes back to a stream that parses the same.
+    assert_eq!(snpu::parse(&program.encode()).as_ref(), Ok(&program));
+    let n = usize::from(input.nr_bos % 5);
+    let shapes: Vec<(u64, u32)> = input.bos[..n]
+        .iter()
+        .map(|&(s, a)| (u64::from(s) + 1, u32::from(a % 3) + 1))
+        .collect();
+    let npu = SimNpu::new(Faults::default());
+    let Ok(prepared) = npu.prepare(input.cmd, &shapes) else {
+        return;
+    };
+    assert_eq!(prepared.work_bytes, program.work_bytes());
+    if prepared.work_bytes > MAX_JOB_MEMORY || cost(&program) > MAX_COST {
+        return;
+    }
+    // Buffer i lives at i * SLOT, the rest of its slot is guard bytes.
+    let mem = GuestMem::from_ranges(&[(GuestAddress(0), SLOT as usize * 4)]).unwrap();
+    mem.write_slice(&vec![GUARD; SLOT as usize * 4], GuestAddress(0))
+        .unwrap();
+    let stats = MemStats::default();
+    let backings: Vec<Backing> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(size, _))| {
+            let at = i as u64 * SLOT;
+            let init: Vec<u8> = (0..size).map(|j| (j as u8) ^ input.fill).collect();
+            mem.write_slice(&init, GuestAddress(at)).unwrap();
+            Backing::new(vec![(at, size as u32)])
+        })
+        .collect();
+    let bos: Vec<_> = backings
+        .iter()
+        .map(|b| b.resolve(&mem, &stats).unwrap())
+        .collect();
+    let job = Arc::new(prepared);
+    let _ = npu.execute(&job, &bos, Instant::now() + Duration::from_secs(60));
+    for (i, &(size, _)) in shapes.iter().enumerate() {
+        let mut guard = vec![0u8; (SLOT - size) as usize];
+        mem.read_slice(&mut guard, GuestAddress(i as u64 * SLOT + size))
+            .unwrap();
+        assert!(
+            guard.iter().all(|&b| b == GUARD),
+            "write outside buffer {i}"
+        );
+    }
+});

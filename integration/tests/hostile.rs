@@ -415,14 +415,14 @@ fn a_broken_avail_index_loses_the_vms_contexts_and_spares_the_other_vm() {
 
 #[test]
 fn destroying_a_context_under_a_running_job_keeps_its_output() {
-    // Each job sleeps 2 ms before it runs, so the first is running when the
-    // destroy arrives and the second is queued.
+    // Each job sleeps 10 ms before it runs, so the first is normally
+    // running when the destroy arrives 1 ms later and the second queued.
     let mut cfg = Config::default();
-    cfg.sim.faults.latency_us = 2_000;
+    cfg.sim.faults.latency_us = 10_000;
     let d = Daemon::start(cfg, 1);
     let mut g = connect(&d, 0);
     let n = 256 * 1024u32; // 1 MiB of f32
-    let mut ran = 0;
+    let mut running_and_queued = 0;
     for round in 0..100u32 {
         let c = g.ctx_create();
         let src = g.bo(c, u64::from(n) * 4, Layout::Scattered);
@@ -431,29 +431,36 @@ fn destroying_a_context_under_a_running_job_keeps_its_output() {
         g.write_bo(&src, 0, &data);
         let first = g.submit_async(&copy_request(c, 1, &src, &dst, n));
         let second = g.submit_async(&copy_request(c, 2, &src, &dst, n));
-        std::thread::sleep(Duration::from_micros(500));
+        std::thread::sleep(Duration::from_millis(1));
         assert_status(g.ctx_destroy(c), OK);
         // Answers come in fence order: the first job before the second.
         let (p1, r1) = g.wait_any_submit();
         let (p2, r2) = g.wait_any_submit();
         assert_eq!((p1, p2), (first, second), "round {round}: answer order");
-        assert_status(r2.status(), CANCELED);
         let Response::Submit(r2) = r2 else {
             panic!("not a submit response")
         };
         assert_eq!(r2.fence.get(), 2);
-        if r1.status() == OK {
-            ran += 1;
+        // A job that ran (was running at the destroy) is answered with
+        // its result; one still queued is cancelled.
+        let (s1, s2) = (r1.status(), r2.hdr.type_.get());
+        match (s1, s2) {
+            (OK, CANCELED) => running_and_queued += 1,
+            (OK, OK) | (CANCELED, CANCELED) => {}
+            _ => panic!("round {round}: answered {s1:#x}, {s2:#x}"),
+        }
+        if s1 == OK {
             let out = g.read_bo(&dst, 0, data.len());
             let bad = out.iter().zip(&data).filter(|(a, b)| a != b).count();
             assert_eq!(bad, 0, "round {round}: {bad} bytes of the output lost");
-        } else {
-            assert_status(r1.status(), CANCELED);
         }
         g.free_backing(&src.ranges);
         g.free_backing(&dst.ranges);
     }
-    assert!(ran >= 50, "only {ran} of 100 rounds had a running job");
+    assert!(
+        running_and_queued >= 50,
+        "only {running_and_queued} of 100 rounds had a job running and one queued"
+    );
     assert_eq!(d.vm_stats(0).unwrap().counts, Default::default());
 }
 

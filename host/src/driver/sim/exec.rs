@@ -211,7 +211,7 @@ fn run_op(op: &OpDesc, bos: &[BoMem<'_>]) -> Result<(), DriverError> {
         },
         OpDesc::Softmax { input, out } => {
             let mut v = gather_f32(bos, input)?;
-            let row = input.dims[input.rank - 1] as usize;
+            let row = input.dims().last().map_or(1, |&d| d as usize);
             for r in v.chunks_mut(row.max(1)) {
                 let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0;

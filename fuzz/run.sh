@@ -6,7 +6,7 @@
 #   fuzz/run.sh TARGET [ARGS] fuzz one target; ARGS go to libFuzzer
 #
 # Limits make amplification a finding: a job's admitted working memory is
-# at most 1 MiB in the snpu and device targets, so a single allocation
+# at most 4 MiB in the snpu and device targets, so a single allocation
 # above -malloc_limit_mb there means an op allocated what validation did
 # not count.
 set -euo pipefail

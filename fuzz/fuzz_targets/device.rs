@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vhost_device_accel::config::Limits;
-use vhost_device_accel::device::{Device, Outcome};
+use vhost_device_accel::device::{Device, Outcome, Ticket};
 use vhost_device_accel::driver::sim::{Faults, SimNpu};
 use vhost_device_accel::driver::{DriverError, NpuDriver};
 use vhost_device_accel::memory::{GuestMem, MemStats};
@@ -75,6 +75,21 @@ enum Op {
         n: u8,
         fault: u8,
     },
+    /// Takes up to `n` jobs onto the NPU and leaves them running, so
+    /// requests arrive while they run.
+    Start {
+        n: u8,
+    },
+    /// Ends running job `i` (how: `fault`).
+    Finish {
+        i: u8,
+        fault: u8,
+    },
+    /// Loses a context, as a hang or a device error does.
+    Lose {
+        ctx: u8,
+        reason: u8,
+    },
     Poll {
         ctx: u8,
         back: u8,
@@ -97,6 +112,8 @@ struct Model {
     /// Last answered fence per context, for the order check.
     last_answer: BTreeMap<u32, u64>,
     next_token: u64,
+    /// Jobs taken onto the NPU and not finished yet.
+    running: Vec<Ticket>,
 }
 
 fn pick<T: Copy>(v: &[T], i: u8) -> Option<T> {
@@ -129,10 +146,15 @@ impl Model {
             Request::Submit { req, .. } => Some((req.hdr.ctx_id.get(), req.out_fence.get())),
             _ => None,
         };
+        let before = self.dev.counts();
         match self.dev.handle(queue, req, &self.mem, token) {
             Outcome::Respond(r) => {
                 if let (Some((ctx, _)), VIRTIO_ACCEL_RESP_OK) = (submit, r.status()) {
                     panic!("SUBMIT of context {ctx} answered OK without running");
+                }
+                if r.status() != VIRTIO_ACCEL_RESP_OK {
+                    // Validate, then act: a refusal leaves no trace.
+                    assert_eq!(self.dev.counts(), before, "refused with {:#x}", r.status());
                 }
                 Some(r)
             }
@@ -196,12 +218,29 @@ impl Model {
             let Some(t) = self.dev.next_job() else {
                 return;
             };
+            self.end(t, fault.wrapping_add(i));
+        }
+    }
+
+    fn start(&mut self, n: u8) {
+        for _ in 0..n {
+            match self.dev.next_job() {
+                Some(t) => self.running.push(t),
+                None => return,
+            }
+        }
+    }
+
+    /// Executes a job taken earlier (its context may be gone by now) and
+    /// reports its end, as a worker does.
+    fn end(&mut self, t: Ticket, fault: u8) {
+        {
             let bos: Vec<_> = t
                 .backings
                 .iter()
                 .map(|b| b.resolve(&self.mem, &self.stats).unwrap())
                 .collect();
-            let result = match fault.wrapping_add(i) % 16 {
+            let result = match fault % 16 {
                 0 => Err(DriverError::Hang),
                 1 => Err(DriverError::Internal("fuzz".into())),
                 2 => Err(DriverError::NoMemory),
@@ -216,6 +255,10 @@ impl Model {
 
     fn check(&self) {
         let c = self.dev.counts();
+        let bos: usize = self.ctxs.values().map(Vec::len).sum();
+        assert_eq!(c.bos, bos, "BOs the device holds vs the driver's");
+        assert_eq!(c.running, self.running.len(), "jobs on the NPU");
+        assert!(c.backing_entries <= u64::from(self.limits.max_backing_entries));
         let l = &self.limits;
         assert!(c.contexts <= l.max_contexts as usize);
         assert!(c.bos <= l.max_bos as usize);
@@ -272,7 +315,8 @@ fuzz_target!(|ops: Vec<Op>| {
         max_in_fences: 4,
         max_sg_entries: 16,
         max_jobs_in_flight: 8,
-        max_job_memory: 1 << 20,
+        max_job_memory: 4 << 20,
+        max_backing_entries: 24,
     };
     let npu = Arc::new(SimNpu::new(Faults::default()));
     let mut dev = Device::new(limits.clone(), npu.clone());
@@ -293,6 +337,7 @@ fuzz_target!(|ops: Vec<Op>| {
         answered: HashSet::new(),
         last_answer: BTreeMap::new(),
         next_token: 1,
+        running: Vec::new(),
     };
     let dec = Limits::default();
     let dec = virtio_accel_protocol::Limits {
@@ -473,6 +518,17 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Run { n, fault } => m.run(*n % 8, *fault),
+            Op::Start { n } => m.start(*n % 4),
+            Op::Finish { i, fault } => {
+                if !m.running.is_empty() {
+                    let t = m.running.remove(usize::from(*i) % m.running.len());
+                    m.end(t, *fault);
+                }
+            }
+            Op::Lose { ctx, reason } => {
+                let c = m.ctx(*ctx);
+                m.dev.lose(c, u32::from(*reason % 3) + 1);
+            }
             Op::Poll { ctx, back } => {
                 let c = m.ctx(*ctx);
                 let f = m.fences.get(&c).copied().unwrap_or(0);
@@ -494,6 +550,9 @@ fuzz_target!(|ops: Vec<Op>| {
             c,
         )));
         m.collect();
+    }
+    for t in std::mem::take(&mut m.running) {
+        m.end(t, 3);
     }
     m.run(255, 3);
     m.collect();

@@ -6,6 +6,8 @@
 //! (run with -malloc_limit_mb far below what an unchecked op allocates).
 #![no_main]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,11 +20,41 @@ use vm_memory::{Bytes, GuestAddress};
 
 /// Working memory a fuzzed job may have: small, so that any allocation of
 /// an op that escaped the accounting shows up against -malloc_limit_mb.
-const MAX_JOB_MEMORY: u64 = 1 << 20;
+const MAX_JOB_MEMORY: u64 = 4 << 20;
 /// Work (elements touched plus multiply-accumulates) above which a job is
 /// validated but not executed, to keep executions fast.
 const MAX_COST: u64 = 1 << 22;
 const SLOT: u64 = 0x2_0000;
+
+/// Counts live heap bytes and their peak, so the target can check that an
+/// execution allocates no more than the working memory validation
+/// admitted (`OpDesc::work_bytes` is an upper bound, not an estimate).
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the
+// counters only observe sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        // SAFETY: `p` came from `alloc` with this layout.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
 const GUARD: u8 = 0xa5;
 
 /// Input: `nr_bos` (u8), four times (`size - 1` le16, access u8), `fill`
@@ -89,7 +121,6 @@ fuzz_target!(|data: &[u8]| {
     let Ok(prepared) = npu.prepare(input.cmd, &shapes) else {
         return;
     };
-    assert_eq!(prepared.work_bytes, program.work_bytes());
     if prepared.work_bytes > MAX_JOB_MEMORY || cost(&program) > MAX_COST {
         return;
     }
@@ -112,8 +143,16 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|b| b.resolve(&mem, &stats).unwrap())
         .collect();
+    let work = prepared.work_bytes;
     let job = Arc::new(prepared);
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
     let _ = npu.execute(&job, &bos, Instant::now() + Duration::from_secs(60));
+    let used = PEAK.load(Ordering::Relaxed).saturating_sub(base) as u64;
+    assert!(
+        used <= work,
+        "execution allocated {used} bytes, validation admitted {work}"
+    );
     for (i, &(size, _)) in shapes.iter().enumerate() {
         let mut guard = vec![0u8; (SLOT - size) as usize];
         mem.read_slice(&mut guard, GuestAddress(i as u64 * SLOT + size))

@@ -27,7 +27,7 @@ fn wire_layout() -> Layout {
         "virtio_accel_config" => Config { num_capsets, max_contexts, max_bo_size, max_cmd_size,
             max_inline_cmd_size, max_submit_bos, max_in_fences, max_sg_entries,
             max_jobs_in_flight, shm_id, padding, max_total_bo_bytes, max_job_memory, max_bos,
-            padding2 },
+            max_backing_entries },
         "virtio_accel_get_caps" => GetCaps { hdr, capset, padding },
         "virtio_accel_resp_caps" => RespCaps { hdr, npu_kind, npu_version, cmd_format,
             cmd_format_version, max_bo_size, max_contexts, max_jobs_in_flight, max_cmd_size,

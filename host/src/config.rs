@@ -42,6 +42,9 @@ pub struct Limits {
     /// Host working memory one job may need (software NPU: the arrays its
     /// ops gather into, appendix A); a job above it is `ERR_QUOTA`.
     pub max_job_memory: u64,
+    /// Backing entries of all of a VM's buffers together: the host memory
+    /// the device keeps for backings (16 bytes an entry).
+    pub max_backing_entries: u32,
 }
 
 impl Default for Limits {
@@ -58,6 +61,7 @@ impl Default for Limits {
             max_sg_entries: 65536,
             max_jobs_in_flight: 256,
             max_job_memory: 64 << 20,
+            max_backing_entries: 1 << 20,
         }
     }
 }
@@ -175,7 +179,7 @@ impl Config {
             max_total_bo_bytes: l.max_total_bo_bytes.into(),
             max_job_memory: l.max_job_memory.into(),
             max_bos: l.max_bos.into(),
-            padding2: 0.into(),
+            max_backing_entries: l.max_backing_entries.into(),
         }
     }
 

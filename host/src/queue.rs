@@ -88,14 +88,16 @@ pub struct Split {
 }
 
 /// The descriptors of the chain at `head` of a queue of `size` entries
-/// whose table is at `table`. At most `size` descriptors are visited in all
-/// (the virtio limit on a chain, indirect tables included), so a hostile
-/// chain costs at most that much work.
+/// whose table is at `table`. A chain holds at most `size` descriptors (the
+/// virtio limit, indirect tables included) and no table is walked for more
+/// steps than it has entries, so a hostile chain costs at most about
+/// 2 × `size` descriptor reads.
 fn walk(mem: &GuestMem, table: u64, size: u16, head: u16) -> Result<Vec<Desc>, ChainError> {
     let mut descs = Vec::new();
     let (mut tab, mut tab_size, mut idx) = (table, size, head);
     let mut indirect = false;
-    let mut visited = 0usize;
+    // Steps taken in the current table: more than it has entries is a loop.
+    let mut steps = 0usize;
     loop {
         if idx >= tab_size {
             return Err(ChainError::BadIndex {
@@ -103,8 +105,8 @@ fn walk(mem: &GuestMem, table: u64, size: u16, head: u16) -> Result<Vec<Desc>, C
                 size: tab_size,
             });
         }
-        visited += 1;
-        if visited > usize::from(size) {
+        steps += 1;
+        if steps > usize::from(tab_size) {
             return Err(ChainError::TooLong);
         }
         let at = tab
@@ -130,8 +132,11 @@ fn walk(mem: &GuestMem, table: u64, size: u16, head: u16) -> Result<Vec<Desc>, C
             if len == 0 || len % DESC_SIZE as u32 != 0 || n > u32::from(u16::MAX) {
                 return Err(ChainError::BadIndirect(len));
             }
-            (tab, tab_size, idx, indirect) = (addr, n as u16, 0, true);
+            (tab, tab_size, idx, indirect, steps) = (addr, n as u16, 0, true, 0);
             continue;
+        }
+        if descs.len() >= usize::from(size) {
+            return Err(ChainError::TooLong);
         }
         descs.push(Desc {
             addr,
@@ -356,6 +361,29 @@ mod tests {
         let s = split(&m, 0, 16, 12, 4096);
         assert_eq!(s.error, None);
         assert_eq!((s.request.len(), s.write.len()), (24, 112));
+    }
+
+    #[test]
+    fn an_indirect_table_of_exactly_the_queue_size_is_accepted() {
+        let m = mem();
+        for i in 0..16u16 {
+            let last = i == 15;
+            let (addr, len, flags) = if last {
+                (0x2000, 112, F_WRITE)
+            } else {
+                (0x1000 + u64::from(i), 1, F_NEXT)
+            };
+            desc(&m, 0x5000, i, addr, len, flags, i + 1);
+        }
+        desc(&m, 0, 0, 0x5000, 16 * 16, F_INDIRECT, 0);
+        let s = split(&m, 0, 16, 0, 4096);
+        assert_eq!(s.error, None);
+        assert_eq!((s.request.len(), s.write.len()), (15, 112));
+        // One more entry is a chain longer than the queue.
+        desc(&m, 0x5000, 15, 0x1000, 1, F_NEXT, 16);
+        desc(&m, 0x5000, 16, 0x2000, 112, F_WRITE, 0);
+        desc(&m, 0, 0, 0x5000, 17 * 16, F_INDIRECT, 0);
+        assert_eq!(split(&m, 0, 16, 0, 4096).error, Some(ChainError::TooLong));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! wait for a job.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -126,23 +126,30 @@ impl Scheduler {
             }
             st.vms.retain(|w| w.strong_count() > 0);
             let n = st.vms.len();
+            let mut busy = false;
             for i in 0..n {
                 let idx = (st.cursor + i) % n;
                 let Some(vm) = st.vms[idx].upgrade() else {
                     continue;
                 };
                 // A VM whose state a panic left broken is skipped, never
-                // unwrapped: it must not cost the others anything.
-                let ticket = match vm.device.lock() {
+                // unwrapped: it must not cost the others anything. Nor is
+                // a VM's lock waited for under the scheduler's: a VM busy
+                // in its own request handling is tried again next round.
+                let ticket = match vm.device.try_lock() {
                     Ok(mut d) => catch_unwind(AssertUnwindSafe(|| d.next_job())).unwrap_or(None),
-                    Err(_) => None,
+                    Err(TryLockError::WouldBlock) => {
+                        busy = true;
+                        None
+                    }
+                    Err(TryLockError::Poisoned(_)) => None,
                 };
                 if let Some(t) = ticket {
                     st.cursor = idx + 1;
                     return Some((vm, t));
                 }
             }
-            if last_job.is_some_and(|t| t.elapsed() < POLL) {
+            if busy || last_job.is_some_and(|t| t.elapsed() < POLL) {
                 drop(st);
                 std::thread::yield_now();
                 st = self.state();
@@ -176,10 +183,15 @@ impl Scheduler {
             if let Err(e) = &result {
                 tracing::debug!(ctx = ticket.ctx_id, "job failed: {e}");
             }
-            if let Ok(mut d) = vm.device.lock() {
-                d.finish(ticket.ctx_id, result, start.elapsed());
-            }
-            let delivered = vm.completer.get().is_some_and(|c| c());
+            // Completing runs device-model and ring code for this VM; a
+            // panic there poisons only this VM's lock, never the worker.
+            let delivered = catch_unwind(AssertUnwindSafe(|| {
+                if let Ok(mut d) = vm.device.lock() {
+                    d.finish(ticket.ctx_id, result, start.elapsed());
+                }
+                vm.completer.get().is_some_and(|c| c())
+            }))
+            .unwrap_or(true);
             if !delivered {
                 let _ = vm.completion.write(1);
             }

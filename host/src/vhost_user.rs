@@ -332,7 +332,15 @@ impl AccelBackend {
         }
         let mem = self.inner.vm.mem.memory();
         let mut delivered = false;
+        // At most a queue's worth of buffers per call: a driver that keeps
+        // offering unusable buffers cannot hold this thread (or the NPU
+        // worker completing jobs) here.
+        let mut budget = usize::from(vring.get_ref().get_queue().size());
         loop {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
             let Some(ev) = self.device()?.pop_event() else {
                 break;
             };

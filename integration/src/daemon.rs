@@ -28,7 +28,11 @@ pub fn unique_dir() -> PathBuf {
 impl Daemon {
     /// Starts a daemon on the software NPU with `vms` sockets.
     pub fn start(config: Config, vms: usize) -> Daemon {
-        let server = Server::new_sim(config);
+        Self::start_with(Server::new_sim(config), vms)
+    }
+
+    /// Starts a daemon on `server` (any NPU driver) with `vms` sockets.
+    pub fn start_with(server: Arc<Server>, vms: usize) -> Daemon {
         let dir = unique_dir();
         let sockets: Vec<PathBuf> = (0..vms).map(|i| dir.join(format!("vm{i}.sock"))).collect();
         for s in &sockets {

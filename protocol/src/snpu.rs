@@ -25,8 +25,12 @@ pub const SNPU_MAX_MACS: u64 = 1 << 36;
 /// Largest K of an int8 MATMUL: 255 · 255 · 2^15 < 2^31, so its int32
 /// accumulators are exact.
 pub const SNPU_MAX_I8_K: u32 = 1 << 15;
-/// Bytes one op may use outside its element working arrays (output
-/// staging), counted in [`OpDesc::work_bytes`].
+/// Bytes one op may use besides its element arrays (staging buffers for
+/// moving data to and from guest memory, GEMM packing buffers), counted in
+/// [`OpDesc::work_bytes`].
+pub const SNPU_SCRATCH_BYTES: u64 = 2 << 20;
+/// The staging buffer through which the software NPU reads inputs and
+/// writes outputs (part of [`SNPU_SCRATCH_BYTES`]).
 pub const SNPU_STAGING_BYTES: u64 = 64 << 10;
 
 pub const SNPU_OP_NOP: u16 = 0;
@@ -394,9 +398,10 @@ impl OpDesc {
 impl OpDesc {
     /// Bytes of NPU working memory the op needs while it runs: the dense
     /// arrays the software NPU gathers its inputs into, its results, and
-    /// [`SNPU_STAGING_BYTES`] for writing them out. Inputs of ADD and MUL
-    /// count at their distinct elements (a broadcast is not expanded); the
-    /// operands of MATMUL and CONV2D are gathered whole. Saturates.
+    /// [`SNPU_SCRATCH_BYTES`] for staging and GEMM packing. Inputs of ADD
+    /// and MUL count at their distinct elements (a broadcast is not
+    /// expanded); the operands of MATMUL and CONV2D are gathered whole.
+    /// An upper bound of what the software NPU allocates; saturates.
     pub fn work_bytes(&self) -> u64 {
         let f = |n: u64| n.saturating_mul(4);
         let sum = |v: &[u64]| v.iter().fold(0u64, |a, &b| a.saturating_add(b));
@@ -408,10 +413,14 @@ impl OpDesc {
             OpDesc::Relu { input, .. } => input.elems().saturating_mul(input.dtype.size()),
             OpDesc::Softmax { input, .. } => f(input.elems()),
             OpDesc::MatMul { a, b, out, quant } => {
-                let (ak, bk, mn) = (a.elems(), b.elems(), out.elems());
-                // int8 operands are read as bytes, then widened to i32.
-                let bytes = if quant.is_some() { ak.max(bk) } else { 0 };
-                sum(&[f(ak), f(bk), f(mn), bytes])
+                // int8: exact partial products in f32 blocks of K, summed
+                // into an i32 accumulator beside the f32 block result.
+                let outs = if quant.is_some() { 2 } else { 1 };
+                sum(&[
+                    f(a.elems()),
+                    f(b.elems()),
+                    f(out.elems()).saturating_mul(outs),
+                ])
             }
             OpDesc::Conv2d {
                 input,
@@ -436,7 +445,7 @@ impl OpDesc {
                 ])
             }
         };
-        arrays.saturating_add(SNPU_STAGING_BYTES)
+        arrays.saturating_add(SNPU_SCRATCH_BYTES)
     }
 }
 
@@ -569,7 +578,7 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
         .enumerate()
         .map(|(s, t)| tensor(i, s, t))
         .collect::<Result<_, _>>()?;
-    let p: Vec<u32> = raw.params.iter().map(|v| v.get()).collect();
+    let p: [u32; 8] = raw.params.map(|v| v.get());
     let opcode = raw.opcode.get();
     // Which slots an op uses, and how many params.
     let (need, opt, nparams): (usize, usize, usize) = match opcode {
@@ -603,18 +612,25 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
             field: "unused params",
         });
     }
-    let g = |s: usize| t[s].expect("presence checked above");
+    // Presence was checked above; a missing slot is refused, never assumed.
+    let g = |s: usize| {
+        t.get(s).copied().flatten().ok_or(CmdError::Tensor {
+            op: i,
+            tensor: s,
+            why: "required tensor missing",
+        })
+    };
     Ok(match opcode {
         SNPU_OP_NOP => OpDesc::Nop,
         SNPU_OP_COPY => {
-            let (src, dst) = (g(0), g(1));
+            let (src, dst) = (g(0)?, g(1)?);
             shape(i, src.dims() == dst.dims(), "copy shapes differ")?;
             shape(i, src.dtype == dst.dtype, "copy dtypes differ")?;
             out_dense(i, 1, &dst)?;
             OpDesc::Copy { src, dst }
         }
         SNPU_OP_ADD | SNPU_OP_MUL => {
-            let (a, b, out) = (g(0), g(1), g(2));
+            let (a, b, out) = (g(0)?, g(1)?, g(2)?);
             shape(
                 i,
                 [a, b, out].iter().all(|t| t.dtype == DType::F32),
@@ -633,7 +649,7 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
             }
         }
         SNPU_OP_RELU => {
-            let (input, out) = (g(0), g(1));
+            let (input, out) = (g(0)?, g(1)?);
             shape(i, input.dims() == out.dims(), "relu shapes differ")?;
             shape(
                 i,
@@ -644,7 +660,7 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
             OpDesc::Relu { input, out }
         }
         SNPU_OP_SOFTMAX => {
-            let (input, out) = (g(0), g(1));
+            let (input, out) = (g(0)?, g(1)?);
             shape(i, input.dims() == out.dims(), "softmax shapes differ")?;
             shape(
                 i,
@@ -655,7 +671,7 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
             OpDesc::Softmax { input, out }
         }
         SNPU_OP_MATMUL => {
-            let (a, b, out) = (g(0), g(1), g(2));
+            let (a, b, out) = (g(0)?, g(1)?, g(2)?);
             shape(
                 i,
                 a.rank == 2 && b.rank == 2 && out.rank == 2,
@@ -725,8 +741,8 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
             OpDesc::MatMul { a, b, out, quant }
         }
         SNPU_OP_CONV2D => {
-            let (input, filter, out) = (g(0), g(1), g(3));
-            let bias = t[2];
+            let (input, filter, out) = (g(0)?, g(1)?, g(3)?);
+            let bias = t.get(2).copied().flatten();
             shape(
                 i,
                 input.rank == 4 && filter.rank == 4 && out.rank == 4,
@@ -796,7 +812,7 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
                 pad,
             }
         }
-        _ => unreachable!("opcode checked above"),
+        _ => return Err(CmdError::Opcode { op: i, opcode }),
     })
 }
 

@@ -25,7 +25,7 @@ pub const VIRTIO_ACCEL_F_IOCTL: u32 = 1;
 pub const VIRTIO_ACCEL_F_CROSS_CTX_FENCE: u32 = 2;
 pub const VIRTIO_ACCEL_F_SHM_BLOB: u32 = 3;
 /// The configuration carries the per-driver quotas (`max_total_bo_bytes`,
-/// `max_job_memory`, `max_bos`) after `padding`.
+/// `max_job_memory`, `max_bos`, `max_backing_entries`) after `padding`.
 pub const VIRTIO_ACCEL_F_QUOTAS: u32 = 4;
 
 /// Request types.
@@ -229,7 +229,9 @@ pub struct Config {
     pub max_job_memory: U64,
     /// With `VIRTIO_ACCEL_F_QUOTAS`: BOs the driver may hold at once.
     pub max_bos: U32,
-    pub padding2: U32,
+    /// With `VIRTIO_ACCEL_F_QUOTAS`: backing entries of all the driver's
+    /// BOs together.
+    pub max_backing_entries: U32,
 }
 
 /// `VIRTIO_ACCEL_CMD_GET_CAPS` request.

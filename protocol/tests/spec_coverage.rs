@@ -98,6 +98,7 @@ fn every_configuration_field_is_in_the_layout() {
         "max_total_bo_bytes",
         "max_job_memory",
         "max_bos",
+        "max_backing_entries",
     ] {
         assert!(block.contains(f), "config layout lacks {f}");
     }

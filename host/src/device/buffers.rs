@@ -67,6 +67,7 @@ impl Device {
             .bos
             .remove(&h)
             .ok_or(VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE)?;
+        self.backing_entries = self.backing_entries.saturating_sub(bo.entries());
         self.bo_count = self.bo_count.saturating_sub(1);
         self.bo_bytes = self.bo_bytes.saturating_sub(bo.size);
         Ok(Response::NoData(Hdr::new(VIRTIO_ACCEL_RESP_OK, ctx)))
@@ -101,10 +102,13 @@ impl Device {
         mem: &GuestMem,
     ) -> Result<Response, Status> {
         let ctx = q.hdr.ctx_id.get();
+        let held = self.backing_entries;
+        let max = u64::from(self.limits.max_backing_entries);
         let bo = self.bo_mut(ctx, q.bo_handle.get())?;
         if bo.backing.is_some() || bo.flags & VIRTIO_ACCEL_BO_F_HOST != 0 {
             return Err(VIRTIO_ACCEL_RESP_ERR_INVALID);
         }
+        let n = entries.len() as u64;
         // The decoder checked each entry's end and the total for overflow.
         let backing = Backing::new(
             entries
@@ -118,7 +122,11 @@ impl Device {
         backing
             .check(mem)
             .map_err(|_| VIRTIO_ACCEL_RESP_ERR_OUT_OF_RANGE)?;
+        if held.saturating_add(n) > max {
+            return Err(VIRTIO_ACCEL_RESP_ERR_QUOTA);
+        }
         bo.backing = Some(Arc::new(backing));
+        self.backing_entries += n;
         Ok(Response::NoData(Hdr::new(VIRTIO_ACCEL_RESP_OK, ctx)))
     }
 
@@ -128,7 +136,8 @@ impl Device {
         if bo.busy > 0 {
             return Err(VIRTIO_ACCEL_RESP_ERR_BUSY);
         }
-        bo.backing.take().ok_or(VIRTIO_ACCEL_RESP_ERR_INVALID)?;
+        let b = bo.backing.take().ok_or(VIRTIO_ACCEL_RESP_ERR_INVALID)?;
+        self.backing_entries = self.backing_entries.saturating_sub(b.entries() as u64);
         Ok(Response::NoData(Hdr::new(VIRTIO_ACCEL_RESP_OK, ctx)))
     }
 }

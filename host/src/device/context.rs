@@ -53,6 +53,13 @@ pub struct Context {
     pub counters: CtxCounters,
 }
 
+impl Bo {
+    /// Backing entries the device keeps for this buffer.
+    pub fn entries(&self) -> u64 {
+        self.backing.as_ref().map_or(0, |b| b.entries() as u64)
+    }
+}
+
 impl Context {
     pub fn new(priority: u32) -> Context {
         Context {
@@ -83,6 +90,36 @@ impl Context {
     /// Jobs queued or running.
     pub fn jobs(&self) -> usize {
         self.queue.len() + usize::from(self.running.is_some())
+    }
+
+    /// Dooms queued job `i` (see [`Job::doomed`]) unless it already is;
+    /// its buffers are idle from now on.
+    pub fn doom(&mut self, i: usize, status: u32) {
+        let Some(job) = self.queue.get_mut(i) else {
+            return;
+        };
+        if job.doomed.is_some() {
+            return;
+        }
+        job.doomed = Some(status);
+        let bos = std::mem::take(&mut job.bos);
+        for (h, _) in &bos {
+            if let Some(bo) = self.bos.get_mut(h) {
+                bo.busy = bo.busy.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The out-fence of the last job ahead of queue position `i` that can
+    /// still signal (the running job, or a queued one not doomed).
+    pub fn live_fence_before(&self, i: usize) -> Option<u64> {
+        self.queue
+            .iter()
+            .take(i)
+            .rev()
+            .find(|j| j.doomed.is_none())
+            .or(self.running.as_ref())
+            .map(|j| j.out_fence)
     }
 
     /// Releases the buffers a job held.

@@ -7,8 +7,8 @@
 //!   has been answered;
 //! - a wait that can no longer be satisfied (its context lost, or destroyed
 //!   with nothing left that could signal it) dooms the waiter with
-//!   `ERR_CANCELED` at once, and a wait on a fence that signalled before its
-//!   context went away is satisfied;
+//!   `ERR_CANCELED` at once (its buffers idle from then on), and a wait on
+//!   a fence that signalled before its context went away is satisfied;
 //! - a destroyed context's running job is answered before its cancelled
 //!   queued jobs.
 
@@ -80,15 +80,14 @@ impl Device {
     }
 
     /// Sorts a job's waits: returns those still pending and whether one can
-    /// never be satisfied. Waits on the job's own context `ctx_id` can only
-    /// be signalled by the running job or a live job queued ahead of it,
-    /// given as `(out_fence, doomed)`.
+    /// never be satisfied. A wait on the job's own context `ctx_id` can
+    /// only be signalled by a job ahead of it; `own_ahead` is the out-fence
+    /// of the last such job that can still signal.
     pub(super) fn wait_states(
         &self,
         ctx_id: u32,
         waits: &[(u32, u64)],
-        own_running: Option<u64>,
-        own_ahead: &[(u64, bool)],
+        own_ahead: Option<u64>,
         departed: Option<(u32, u64)>,
     ) -> (Vec<(u32, u64)>, bool) {
         let mut pending = Vec::new();
@@ -101,9 +100,7 @@ impl Device {
                     .map_or(0, |c| c.timeline.completed);
                 if completed >= seq {
                     Fence::Signalled
-                } else if own_running.is_some_and(|f| f >= seq)
-                    || own_ahead.iter().any(|&(f, doomed)| !doomed && f >= seq)
-                {
+                } else if own_ahead.is_some_and(|f| f >= seq) {
                     Fence::Pending
                 } else {
                     Fence::Never
@@ -122,45 +119,44 @@ impl Device {
 
     /// Re-evaluates every queued job's waits after a fence signalled or a
     /// context was lost or destroyed, dooms the jobs whose waits can never
-    /// be satisfied, and answers what fence order allows.
+    /// be satisfied, and answers what fence order allows. One pass: dooming
+    /// a job only affects later jobs of its own context (another context's
+    /// wait on a live context stays pending), and those are decided after
+    /// it in the same pass. Cost: one step per wait.
     pub(super) fn resolve_waits(&mut self, departed: Option<(u32, u64)>) {
-        // Dooming a job can make waits on its fence unsatisfiable in turn;
-        // each pass dooms at least one job or ends.
-        loop {
-            let mut updates = Vec::new();
-            for (&id, c) in &self.contexts {
-                let own_running = c.running.as_ref().map(|j| j.out_fence);
-                let mut ahead: Vec<(u64, bool)> = Vec::new();
-                for (i, job) in c.queue.iter().enumerate() {
-                    if job.doomed.is_none() && !job.in_fences.is_empty() {
-                        let (pending, never) =
-                            self.wait_states(id, &job.in_fences, own_running, &ahead, departed);
-                        if never || pending.len() != job.in_fences.len() {
-                            updates.push((id, i, pending, never));
-                        }
-                    }
-                    ahead.push((job.out_fence, job.doomed.is_some()));
-                }
-            }
-            if updates.is_empty() {
-                break;
-            }
-            let mut doomed_any = false;
-            for (id, i, pending, never) in updates {
-                if let Some(job) = self.contexts.get_mut(&id).and_then(|c| c.queue.get_mut(i)) {
-                    job.in_fences = pending;
-                    if never {
-                        job.doomed = Some(VIRTIO_ACCEL_RESP_ERR_CANCELED);
-                        doomed_any = true;
-                    }
-                }
-            }
-            if !doomed_any {
-                break;
-            }
-        }
         let ids: Vec<u32> = self.contexts.keys().copied().collect();
         for id in ids {
+            let decisions = {
+                let Some(c) = self.contexts.get(&id) else {
+                    continue;
+                };
+                let mut ahead = c.running.as_ref().map(|j| j.out_fence);
+                let mut out = Vec::new();
+                for (i, job) in c.queue.iter().enumerate() {
+                    let mut doomed = job.doomed.is_some();
+                    if !doomed && !job.in_fences.is_empty() {
+                        let (pending, never) =
+                            self.wait_states(id, &job.in_fences, ahead, departed);
+                        if never || pending.len() != job.in_fences.len() {
+                            out.push((i, pending, never));
+                        }
+                        doomed = never;
+                    }
+                    if !doomed {
+                        ahead = Some(job.out_fence);
+                    }
+                }
+                out
+            };
+            if let Some(c) = self.contexts.get_mut(&id) {
+                for (i, pending, never) in decisions {
+                    if never {
+                        c.doom(i, VIRTIO_ACCEL_RESP_ERR_CANCELED);
+                    } else if let Some(job) = c.queue.get_mut(i) {
+                        job.in_fences = pending;
+                    }
+                }
+            }
             self.settle(id);
         }
     }
@@ -263,6 +259,9 @@ impl Device {
             // Destroyed while running: answer the job, then the jobs that
             // were queued behind it, then drop the context.
             if let Some(job) = z.running.take() {
+                if z.lost.is_some() {
+                    status = VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST;
+                }
                 if signals(status) {
                     z.timeline.completed = job.out_fence;
                 }
@@ -314,8 +313,8 @@ impl Device {
             return;
         }
         c.lost = Some(reason);
-        for job in c.queue.iter_mut() {
-            job.doomed.get_or_insert(VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST);
+        for i in 0..c.queue.len() {
+            c.doom(i, VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST);
         }
         let completed = c.timeline.completed;
         self.events.retain(|e| e.hdr.ctx_id.get() != ctx_id);
@@ -329,11 +328,20 @@ impl Device {
         self.resolve_waits(None);
     }
 
-    /// Loses every context, as when the device finds its rings broken.
+    /// Loses every context, as when the device finds its rings broken,
+    /// then queues a context-lost event for context 0 (no context): the
+    /// device as a whole needs a reset, even if the driver held nothing.
     pub fn lose_all(&mut self, reason: u32) {
         let ids: Vec<u32> = self.contexts.keys().copied().collect();
         for id in ids {
             self.lose(id, reason);
         }
+        self.events.retain(|e| e.hdr.ctx_id.get() != 0);
+        self.events.push_back(Event {
+            hdr: Hdr::new(VIRTIO_ACCEL_EVENT_CONTEXT_LOST, 0),
+            fence: 0.into(),
+            reason: reason.into(),
+            padding: 0.into(),
+        });
     }
 }

@@ -54,7 +54,10 @@ pub struct Counts {
     pub contexts: usize,
     pub bos: usize,
     pub bo_bytes: u64,
+    pub backing_entries: u64,
     pub jobs: usize,
+    /// Jobs on the NPU now (of live or destroyed contexts).
+    pub running: usize,
     pub completions: usize,
     pub events: usize,
 }
@@ -73,6 +76,8 @@ pub struct Device {
     next_ctx: u32,
     bo_count: usize,
     bo_bytes: u64,
+    /// Backing entries of every attached BO.
+    backing_entries: u64,
     jobs_in_flight: u32,
     completions: Vec<Completion>,
     events: VecDeque<Event>,
@@ -97,6 +102,7 @@ impl Device {
             next_ctx: 1,
             bo_count: 0,
             bo_bytes: 0,
+            backing_entries: 0,
             jobs_in_flight: 0,
             completions: Vec::new(),
             events: VecDeque::new(),
@@ -124,6 +130,7 @@ impl Device {
         self.zombies.clear();
         self.bo_count = 0;
         self.bo_bytes = 0;
+        self.backing_entries = 0;
         self.jobs_in_flight = 0;
         self.completions.clear();
         self.events.clear();
@@ -134,6 +141,13 @@ impl Device {
             contexts: self.contexts.len(),
             bos: self.bo_count,
             bo_bytes: self.bo_bytes,
+            backing_entries: self.backing_entries,
+            running: self
+                .contexts
+                .values()
+                .chain(self.zombies.values())
+                .filter(|c| c.running.is_some())
+                .count(),
             jobs: self.jobs_in_flight as usize,
             completions: self.completions.len(),
             events: self.events.len(),
@@ -244,11 +258,16 @@ impl Device {
             .ok_or(VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE)?;
         let bytes = c.bos.values().fold(0u64, |a, b| a.saturating_add(b.size));
         self.bo_bytes = self.bo_bytes.saturating_sub(bytes);
+        let entries = c
+            .bos
+            .values()
+            .fold(0u64, |a, b| a.saturating_add(b.entries()));
+        self.backing_entries = self.backing_entries.saturating_sub(entries);
         self.bo_count = self.bo_count.saturating_sub(c.bos.len());
         c.bos.clear();
         self.events.retain(|e| e.hdr.ctx_id.get() != id);
-        for job in c.queue.iter_mut() {
-            job.doomed.get_or_insert(VIRTIO_ACCEL_RESP_ERR_CANCELED);
+        for i in 0..c.queue.len() {
+            c.doom(i, VIRTIO_ACCEL_RESP_ERR_CANCELED);
         }
         let completed = c.timeline.completed;
         if c.running.is_some() {

@@ -1,5 +1,4 @@
-//! `SUBMIT`: every check first, in the order the specification gives the
-//! statuses, then the job is queued. Nothing changes unless every check
+//! `SUBMIT`: every check first, then the job is queued. Nothing changes unless every check
 //! passed: no seqno is consumed, no buffer marked busy, no quota used.
 
 use std::collections::HashSet;
@@ -127,8 +126,16 @@ impl Device {
             return Err(VIRTIO_ACCEL_RESP_ERR_QUOTA);
         }
 
+        // A wait that can never be satisfied (a lost context's unsignalled
+        // fence, or an own fence only a cancelled job carried) is refused.
+        let (waits, never) =
+            self.wait_states(ctx_id, &waits, c.live_fence_before(c.queue.len()), None);
+        if never {
+            return Err(VIRTIO_ACCEL_RESP_ERR_CANCELED);
+        }
+
         // Every check passed: from here on the request acts.
-        let mut job = Job {
+        let job = Job {
             token,
             out_fence,
             prepared: Arc::new(prepared),
@@ -136,18 +143,6 @@ impl Device {
             in_fences: waits,
             doomed: None,
         };
-        let own_running = c.running.as_ref().map(|j| j.out_fence);
-        let own_queue: Vec<(u64, bool)> = c
-            .queue
-            .iter()
-            .map(|j| (j.out_fence, j.doomed.is_some()))
-            .collect();
-        if self
-            .wait_states(ctx_id, &job.in_fences, own_running, &own_queue, None)
-            .1
-        {
-            job.doomed = Some(VIRTIO_ACCEL_RESP_ERR_CANCELED);
-        }
         let c = self
             .contexts
             .get_mut(&ctx_id)

@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2};
+use ndarray::{s, Array2, ArrayView2};
 use virtio_accel_protocol::snpu::{DType, OpDesc, Program, Quant, TensorDesc, SNPU_STAGING_BYTES};
 
 use crate::driver::DriverError;
@@ -114,41 +114,51 @@ fn for_runs(
     }
 }
 
-/// Gathers a tensor into dense row-major bytes.
-fn gather(bos: &[BoMem<'_>], t: &TensorDesc) -> Result<Vec<u8>, DriverError> {
+/// Gathers a tensor into a dense row-major array of `T`, converting each
+/// element from its bytes; data passes through a staging buffer of
+/// [`SNPU_STAGING_BYTES`], so the array is the only allocation its size.
+fn gather<T: Copy + Default>(
+    bos: &[BoMem<'_>],
+    t: &TensorDesc,
+    convert: impl Fn(&[u8]) -> T,
+) -> Result<Vec<T>, DriverError> {
     let m = bo(bos, t)?;
     let es = t.dtype.size() as usize;
-    let mut out = alloc::<u8>(t.elems().saturating_mul(es as u64))?;
+    let mut out = alloc::<T>(t.elems())?;
+    let per = (SNPU_STAGING_BYTES as usize / es).max(1);
+    let mut staging = alloc::<u8>((per * es) as u64)?;
     let mut at = 0usize;
     for_runs(t, |off, n| {
-        let len = n.checked_mul(es).ok_or(DriverError::NoMemory)?;
-        let dst = out
-            .get_mut(at..at.saturating_add(len))
-            .ok_or_else(|| DriverError::Failed("gather past its array".into()))?;
-        m.read(off, dst).map_err(mem_err)?;
-        at += len;
+        let mut done = 0usize;
+        while done < n {
+            let k = per.min(n - done);
+            let buf = &mut staging[..k * es];
+            m.read(off + (done * es) as u64, buf).map_err(mem_err)?;
+            let dst = out
+                .get_mut(at..at + k)
+                .ok_or_else(|| DriverError::Failed("gather past its array".into()))?;
+            for (d, c) in dst.iter_mut().zip(buf.chunks_exact(es)) {
+                *d = convert(c);
+            }
+            at += k;
+            done += k;
+        }
         Ok(())
     })?;
     Ok(out)
 }
 
 fn gather_f32(bos: &[BoMem<'_>], t: &TensorDesc) -> Result<Vec<f32>, DriverError> {
-    let bytes = gather(bos, t)?;
-    let mut v = alloc::<f32>(t.elems())?;
-    for (x, c) in v.iter_mut().zip(bytes.chunks_exact(4)) {
-        *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-    }
-    Ok(v)
+    gather(bos, t, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
-/// Gathers an int8 tensor as i32 values minus `zero`.
-fn gather_i8_as_i32(bos: &[BoMem<'_>], t: &TensorDesc, zero: i32) -> Result<Vec<i32>, DriverError> {
-    let bytes = gather(bos, t)?;
-    let mut v = alloc::<i32>(t.elems())?;
-    for (x, &b) in v.iter_mut().zip(&bytes) {
-        *x = i32::from(b as i8) - zero;
-    }
-    Ok(v)
+/// Gathers an int8 tensor as f32 values minus `zero` (exact: |v| ≤ 255).
+fn gather_i8_centered(
+    bos: &[BoMem<'_>],
+    t: &TensorDesc,
+    zero: i32,
+) -> Result<Vec<f32>, DriverError> {
+    gather(bos, t, |c| (i32::from(c[0] as i8) - zero) as f32)
 }
 
 /// `t` with its broadcast axes (stride 0) reduced to one element: the
@@ -204,8 +214,7 @@ fn run_op(op: &OpDesc, bos: &[BoMem<'_>]) -> Result<(), DriverError> {
                 store_f32(bos, out, &v)
             }
             _ => {
-                let mut v = gather(bos, input)?;
-                v.iter_mut().for_each(|x| *x = (*x as i8).max(0) as u8);
+                let v = gather(bos, input, |c| (c[0] as i8).max(0) as u8)?;
                 store(bos, out, &v, 1, |x, b| b[0] = x)
             }
         },
@@ -329,18 +338,35 @@ fn matmul(
             store_f32(bos, out, c.as_slice().unwrap_or(&[]))
         }
         Some(q) => {
-            // |a - a_zero|, |b - b_zero| ≤ 255 and validation caps K at
-            // SNPU_MAX_I8_K: the i32 accumulators are exact.
-            let va = Array2::from_shape_vec((m, k), gather_i8_as_i32(bos, a, q.a_zero)?)
+            // (a - a_zero)(b - b_zero) is at most 255² in magnitude, so a
+            // block of I8_K_BLOCK products sums below 2^24: the f32 GEMM
+            // computes each block exactly, and the blocks add up in i32
+            // (exact too: validation caps K at SNPU_MAX_I8_K).
+            const I8_K_BLOCK: usize = 256;
+            let va = Array2::from_shape_vec((m, k), gather_i8_centered(bos, a, q.a_zero)?)
                 .map_err(shape_err)?;
-            let vb = Array2::from_shape_vec((k, n), gather_i8_as_i32(bos, b, q.b_zero)?)
+            let vb = Array2::from_shape_vec((k, n), gather_i8_centered(bos, b, q.b_zero)?)
                 .map_err(shape_err)?;
-            let mut acc = Array2::from_shape_vec((m, n), alloc::<i32>(mn)?).map_err(shape_err)?;
-            general_mat_mul(1, &va, &vb, 0, &mut acc);
-            let acc = acc.as_slice().unwrap_or(&[]);
+            let mut part = Array2::from_shape_vec((m, n), alloc::<f32>(mn)?).map_err(shape_err)?;
+            let mut acc = alloc::<i32>(mn)?;
+            for k0 in (0..k).step_by(I8_K_BLOCK) {
+                let k1 = (k0 + I8_K_BLOCK).min(k);
+                general_mat_mul(
+                    1.0,
+                    &va.slice(s![.., k0..k1]),
+                    &vb.slice(s![k0..k1, ..]),
+                    0.0,
+                    &mut part,
+                );
+                for (x, p) in acc.iter_mut().zip(part.iter()) {
+                    *x = x.wrapping_add(*p as i32);
+                }
+            }
             match out.dtype {
-                DType::I32 => store(bos, out, acc, 4, |x, b| b.copy_from_slice(&x.to_le_bytes())),
-                _ => store(bos, out, acc, 1, |x, b| b[0] = requantize(x, q) as u8),
+                DType::I32 => store(bos, out, &acc, 4, |x, b| {
+                    b.copy_from_slice(&x.to_le_bytes())
+                }),
+                _ => store(bos, out, &acc, 1, |x, b| b[0] = requantize(x, q) as u8),
             }
         }
     }
@@ -578,6 +604,30 @@ mod tests {
         assert_eq!(requantize(7, &q), 1, "3.5 rounds to even 4, plus -3");
         assert_eq!(requantize(1000, &q), 127);
         assert_eq!(requantize(-1000, &q), -128);
+    }
+
+    #[test]
+    fn matmul_int8_is_exact_across_k_blocks() {
+        // K = 1000 spans four f32 blocks; every product is 255 · -255.
+        let q = Quant {
+            a_zero: -128,
+            b_zero: 127,
+            out_zero: 0,
+            scale: 0.0,
+        };
+        let out = run_on(
+            OpDesc::MatMul {
+                a: t(0, DType::I8, &[2, 1000]),
+                b: t(1, DType::I8, &[1000, 1]),
+                out: t(2, DType::I32, &[2, 1]),
+                quant: Some(q),
+            },
+            &[vec![127; 2000], vec![0x80; 1000], vec![0; 8]],
+        );
+        for r in 0..2 {
+            let v = i32::from_le_bytes(out[2][4 * r..4 * r + 4].try_into().unwrap());
+            assert_eq!(v, -65_025_000);
+        }
     }
 
     #[test]

@@ -116,7 +116,7 @@ struct virtio_accel_hdr {
  * @max_total_bo_bytes: sum of the sizes of the driver's BOs (F_QUOTAS)
  * @max_job_memory: device working memory one job may need (F_QUOTAS)
  * @max_bos: BOs the driver may hold at once (F_QUOTAS)
- * @padding2: must be zero
+ * @max_backing_entries: backing entries of all the driver's BOs (F_QUOTAS)
  */
 struct virtio_accel_config {
 	__le32 num_capsets;
@@ -133,7 +133,7 @@ struct virtio_accel_config {
 	__le64 max_total_bo_bytes;
 	__le64 max_job_memory;
 	__le32 max_bos;
-	__le32 padding2;
+	__le32 max_backing_entries;
 };
 
 /**

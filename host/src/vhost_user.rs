@@ -76,6 +76,8 @@ struct Inner {
     complete_lock: Mutex<()>,
     /// Queues found broken (bit per queue): not processed until reset.
     broken: AtomicU8,
+    /// Queues with chains left after a wake-up's passes (bit per queue).
+    more: AtomicU8,
     /// Set once the VM's state was left inconsistent by a panic: it is no
     /// longer served, and nothing of it is touched again.
     dead: AtomicBool,
@@ -117,6 +119,7 @@ impl AccelBackend {
                 next_token: AtomicU64::new(1),
                 complete_lock: Mutex::new(()),
                 broken: AtomicU8::new(0),
+                more: AtomicU8::new(0),
                 dead: AtomicBool::new(false),
             }),
         })
@@ -163,9 +166,14 @@ impl AccelBackend {
 
     /// Drains a request queue: disable notifications, process, re-enable,
     /// and go again if the driver added chains meanwhile.
+    /// A bounded number of passes per wake-up: chains added while they
+    /// run (by the driver, or by responses a driver pointed at its own
+    /// avail ring) are taken on a later wake-up (see `MORE_WORK`), so one
+    /// event never keeps this thread for an unbounded time.
     fn drain_queue(&self, q: u16, vring: &VringRwLock) -> Result<(), GlueError> {
+        const PASSES: usize = 4;
         if self.inner.event_idx.load(Ordering::Relaxed) {
-            loop {
+            for _ in 0..PASSES {
                 vring
                     .disable_notification()
                     .map_err(|e| GlueError::Ring(q, e))?;
@@ -174,9 +182,12 @@ impl AccelBackend {
                     .enable_notification()
                     .map_err(|e| GlueError::Ring(q, e))?
                 {
-                    break;
+                    return Ok(());
                 }
             }
+            // More is available: come back through the completion eventfd.
+            self.inner.more.fetch_or(1 << q, Ordering::Relaxed);
+            let _ = self.inner.vm.completion.write(1);
         } else {
             self.process_queue(q, vring)?;
         }
@@ -440,6 +451,15 @@ impl AccelBackend {
             VIRTIO_ACCEL_VQ_EVENT => self.deliver_events(event)?,
             COMPLETION_EVENT => {
                 let _ = self.inner.vm.completion.read();
+                let more = self.inner.more.swap(0, Ordering::Relaxed);
+                for (q, vring) in [
+                    (VIRTIO_ACCEL_VQ_CONTROL, control),
+                    (VIRTIO_ACCEL_VQ_SUBMIT, submit),
+                ] {
+                    if more & (1 << q) != 0 && !self.is_broken(q) {
+                        self.drain_queue(q, vring)?;
+                    }
+                }
                 self.complete_jobs(submit)?;
                 self.deliver_events(event)?;
             }

@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use vhost_device_accel::driver::sim::{Faults, SimNpu};
 use vhost_device_accel::driver::NpuDriver;
 use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
-use virtio_accel_protocol::snpu::{self, OpDesc, Program};
+use virtio_accel_protocol::snpu;
 use vm_memory::{Bytes, GuestAddress};
 
 /// Working memory a fuzzed job may have: small, so that any allocation of
@@ -81,28 +81,6 @@ fn input(data: &[u8]) -> Option<Input<'_>> {
     })
 }
 
-fn cost(p: &Program) -> u64 {
-    p.ops.iter().fold(0u64, |acc, op| {
-        let (ins, out) = op.tensors();
-        let elems = ins
-            .iter()
-            .chain(out.iter())
-            .fold(0u64, |a, t| a.saturating_add(t.elems()));
-        let macs = match op {
-            OpDesc::MatMul { a, b, .. } => u64::from(a.dims[0])
-                .saturating_mul(u64::from(a.dims[1]))
-                .saturating_mul(u64::from(b.dims[1])),
-            OpDesc::Conv2d { filter, out, .. } => out
-                .elems()
-                .saturating_mul(u64::from(filter.dims[0]))
-                .saturating_mul(u64::from(filter.dims[1]))
-                .saturating_mul(u64::from(filter.dims[2])),
-            _ => 0,
-        };
-        acc.saturating_add(elems).saturating_add(macs)
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some(input) = input(data) else {
         return;
@@ -121,7 +99,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(prepared) = npu.prepare(input.cmd, &shapes) else {
         return;
     };
-    if prepared.work_bytes > MAX_JOB_MEMORY || cost(&program) > MAX_COST {
+    if prepared.work_bytes > MAX_JOB_MEMORY || program.cost() > MAX_COST {
         return;
     }
     // Buffer i lives at i * SLOT, the rest of its slot is guard bytes.

@@ -174,30 +174,6 @@ fn op() -> impl Strategy<Value = OpDesc> {
         })
 }
 
-/// Multiply-accumulates and elements a program touches: jobs above a
-/// budget are validated but not run, to keep the test fast.
-fn cost(p: &Program) -> u64 {
-    p.ops.iter().fold(0u64, |acc, op| {
-        let (ins, out) = op.tensors();
-        let e = ins
-            .iter()
-            .chain(out.iter())
-            .fold(0u64, |a, t| a.saturating_add(t.elems()));
-        let macs = match op {
-            OpDesc::MatMul { a, b, .. } => u64::from(a.dims[0])
-                .saturating_mul(u64::from(a.dims[1]))
-                .saturating_mul(u64::from(b.dims[1])),
-            OpDesc::Conv2d { filter, out, .. } => out
-                .elems()
-                .saturating_mul(u64::from(filter.dims[0]))
-                .saturating_mul(u64::from(filter.dims[1]))
-                .saturating_mul(u64::from(filter.dims[2])),
-            _ => 0,
-        };
-        acc.saturating_add(e).saturating_add(macs)
-    })
-}
-
 /// Runs `program` over buffers of `sizes` bytes laid out in guard-filled
 /// slots; returns the buffers' contents after the run, or None if the
 /// device refused the job.
@@ -206,7 +182,7 @@ fn run(program: &Program, sizes: &[u64], access: &[u32], init: &[Vec<u8>]) -> Op
     let shapes: Vec<(u64, u32)> = sizes.iter().copied().zip(access.iter().copied()).collect();
     let prepared = npu.prepare(&program.encode(), &shapes).ok()?;
     assert_eq!(prepared.work_bytes, program.work_bytes());
-    if prepared.work_bytes > 4 << 20 || cost(program) > 1 << 20 {
+    if prepared.work_bytes > 4 << 20 || program.cost() > 1 << 20 {
         return None;
     }
     let mem =

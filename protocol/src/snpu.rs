@@ -449,6 +449,30 @@ impl OpDesc {
     }
 }
 
+impl OpDesc {
+    /// The op's work: elements of its tensors plus its multiply-accumulates
+    /// (MATMUL M·K·N, CONV2D N·OH·OW·OC·KH·KW·C). Saturates.
+    pub fn cost(&self) -> u64 {
+        let (ins, out) = self.tensors();
+        let elems = ins
+            .iter()
+            .chain(out.iter())
+            .fold(0u64, |a, t| a.saturating_add(t.elems()));
+        let macs = match self {
+            OpDesc::MatMul { a, b, .. } => u64::from(a.dims[0])
+                .saturating_mul(u64::from(a.dims[1]))
+                .saturating_mul(u64::from(b.dims[1])),
+            OpDesc::Conv2d { filter, out, .. } => out
+                .elems()
+                .saturating_mul(u64::from(filter.dims[0]))
+                .saturating_mul(u64::from(filter.dims[1]))
+                .saturating_mul(u64::from(filter.dims[2])),
+            _ => 0,
+        };
+        elems.saturating_add(macs)
+    }
+}
+
 /// A parsed and validated command stream.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Program {
@@ -817,6 +841,13 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
 }
 
 impl Program {
+    /// The work of the whole job: the sum of its ops' [`OpDesc::cost`].
+    pub fn cost(&self) -> u64 {
+        self.ops
+            .iter()
+            .fold(0u64, |a, op| a.saturating_add(op.cost()))
+    }
+
     /// Working memory of the whole job: ops run one after another and free
     /// their arrays, so it is the largest op's [`OpDesc::work_bytes`].
     pub fn work_bytes(&self) -> u64 {

@@ -185,6 +185,36 @@ fn job_memory_above_the_quota_is_refused() {
     };
     let r = submit_op(&mut g, c, 1, op);
     assert_status(r.status(), QUOTA);
+    // The same as int8: once widened to f64 (1.5 GiB); now counted at
+    // 4 bytes an element, still above 64 MiB.
+    let i8t = |bo, dims: &[u32]| {
+        let mut t = tensor(bo, dims, &[0, 0]);
+        t.dtype = DType::I8;
+        t
+    };
+    let op = OpDesc::MatMul {
+        a: i8t(0, &[8192, 8192]),
+        b: i8t(1, &[8192, 1]),
+        out: TensorDesc::dense(3, DType::I32, 0, &[8192, 1]),
+        quant: Some(Quant {
+            a_zero: 0,
+            b_zero: 0,
+            out_zero: 0,
+            scale: 0.0,
+        }),
+    };
+    assert_status(submit_op(&mut g, c, 1, op).status(), QUOTA);
+    // CONV2D: a small input (159 × 159), but a 32 × 32 filter at stride 1
+    // makes a patch matrix of 2^24 cells, 64 MiB on its own.
+    let op = OpDesc::Conv2d {
+        input: tensor(0, &[1, 159, 159, 1], &[0, 0, 0, 0]),
+        filter: TensorDesc::dense(1, DType::F32, 0, &[32, 32, 1, 1]),
+        bias: None,
+        out: TensorDesc::dense(3, DType::F32, 0, &[1, 128, 128, 1]),
+        stride: [1, 1],
+        pad: [0; 4],
+    };
+    assert_status(submit_op(&mut g, c, 1, op).status(), QUOTA);
     // Nothing was consumed: fence 1 is still free.
     let op = OpDesc::MatMul {
         a: tensor(0, &[64, 64], &[0, 0]),

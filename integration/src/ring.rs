@@ -97,11 +97,8 @@ impl Ring {
     /// Places a chain in the ring and makes it available; returns its head.
     /// Does not kick.
     pub fn add(&mut self, mem: &Mem, descs: &[Desc]) -> u16 {
-        assert!(
-            !descs.is_empty() && descs.len() <= self.free.len(),
-            "ring full"
-        );
-        let ids: Vec<u16> = (0..descs.len()).map(|_| self.free.pop().unwrap()).collect();
+        assert!(!descs.is_empty(), "empty chain");
+        let ids = self.take_ids(descs.len());
         for (i, d) in descs.iter().enumerate() {
             let mut flags = 0u16;
             if d.write {
@@ -116,22 +113,11 @@ impl Ring {
             write_raw_desc(mem, self.desc, ids[i], d.addr, d.len, flags, next);
         }
         let head = ids[0];
-        self.chains[head as usize] = ids;
-        let slot = self.avail + 4 + 2 * u64::from(self.next_avail % self.size);
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.next_avail = self.next_avail.wrapping_add(1);
-        fence(Ordering::SeqCst);
-        mem.store(
-            self.next_avail,
-            GuestAddress(self.avail + 2),
-            Ordering::Release,
-        )
-        .unwrap();
-        fence(Ordering::SeqCst);
+        self.publish(mem, head, ids);
         head
     }
 
-    /// Takes `n` descriptor slots for a chain built by hand.
+    /// Takes `n` free descriptor slots.
     pub fn take_ids(&mut self, n: usize) -> Vec<u16> {
         assert!(n <= self.free.len(), "ring full");
         (0..n).map(|_| self.free.pop().unwrap()).collect()

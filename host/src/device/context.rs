@@ -102,12 +102,8 @@ impl Context {
             return;
         }
         job.doomed = Some(status);
-        let bos = std::mem::take(&mut job.bos);
-        for (h, _) in &bos {
-            if let Some(bo) = self.bos.get_mut(h) {
-                bo.busy = bo.busy.saturating_sub(1);
-            }
-        }
+        let listed = std::mem::take(&mut job.bos);
+        release(&mut self.bos, &listed);
     }
 
     /// The out-fence of the last job ahead of queue position `i` that can
@@ -124,10 +120,15 @@ impl Context {
 
     /// Releases the buffers a job held.
     pub fn unbusy(&mut self, job: &Job) {
-        for (h, _) in &job.bos {
-            if let Some(bo) = self.bos.get_mut(h) {
-                bo.busy = bo.busy.saturating_sub(1);
-            }
+        release(&mut self.bos, &job.bos);
+    }
+}
+
+/// Marks the buffers in `listed` no longer held by one job.
+fn release(bos: &mut BTreeMap<u32, Bo>, listed: &[(u32, Arc<Backing>)]) {
+    for (h, _) in listed {
+        if let Some(bo) = bos.get_mut(h) {
+            bo.busy = bo.busy.saturating_sub(1);
         }
     }
 }

@@ -8,18 +8,20 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use vhost_device_accel::backend::sim::{ExecError, SimJob, SimNpu, SimOptions, Tile};
+use vhost_device_accel::backend::{JobId, LostReason};
 use vhost_device_accel::config::Limits;
-use vhost_device_accel::device::{Device, Outcome, Ticket};
-use vhost_device_accel::driver::sim::{Faults, SimNpu};
-use vhost_device_accel::driver::{DriverError, NpuDriver};
-use vhost_device_accel::memory::{GuestMem, MemStats};
+use vhost_device_accel::device::{Device, JobEnd, Outcome};
+use vhost_device_accel::memory::{GuestMem, VmMemory};
+use vhost_device_accel::metrics::VmMetrics;
 use virtio_accel_protocol::snpu::{DType, OpDesc, Program, TensorDesc};
 use virtio_accel_protocol::*;
 use vm_memory::GuestAddress;
+use vm_memory::GuestMemoryAtomic;
 
 const MEM: u64 = 1 << 20;
 
@@ -96,11 +98,16 @@ enum Op {
     },
 }
 
+/// A job on the NPU, as the scheduler holds it.
+struct Ticket {
+    ctx_id: u32,
+    id: JobId,
+    job: SimJob,
+}
+
 struct Model {
-    dev: Device,
+    dev: Device<SimNpu>,
     mem: GuestMem,
-    npu: Arc<SimNpu>,
-    stats: MemStats,
     limits: Limits,
     /// Context ids the device gave out, and each one's BO handles.
     ctxs: BTreeMap<u32, Vec<u32>>,
@@ -112,6 +119,7 @@ struct Model {
     /// Last answered fence per context, for the order check.
     last_answer: BTreeMap<u32, u64>,
     next_token: u64,
+    next_job: JobId,
     /// Jobs taken onto the NPU and not finished yet.
     running: Vec<Ticket>,
 }
@@ -215,16 +223,34 @@ impl Model {
 
     fn run(&mut self, n: u8, fault: u8) {
         for i in 0..n {
-            let Some(t) = self.dev.next_job() else {
+            let Some(t) = self.next() else {
                 return;
             };
             self.end(t, fault.wrapping_add(i));
         }
     }
 
+    /// The next job as the scheduler would take it for a lone VM: highest
+    /// priority, then lowest context id.
+    fn next(&mut self) -> Option<Ticket> {
+        let (ctx, _) = self
+            .dev
+            .runnable()
+            .into_iter()
+            .max_by_key(|&(c, p)| (p, std::cmp::Reverse(c)))?;
+        let id = self.next_job;
+        self.next_job += 1;
+        let job = self.dev.start(ctx, id)?;
+        Some(Ticket {
+            ctx_id: ctx,
+            id,
+            job,
+        })
+    }
+
     fn start(&mut self, n: u8) {
         for _ in 0..n {
-            match self.dev.next_job() {
+            match self.next() {
                 Some(t) => self.running.push(t),
                 None => return,
             }
@@ -232,25 +258,22 @@ impl Model {
     }
 
     /// Executes a job taken earlier (its context may be gone by now) and
-    /// reports its end, as a worker does.
-    fn end(&mut self, t: Ticket, fault: u8) {
-        {
-            let bos: Vec<_> = t
-                .backings
-                .iter()
-                .map(|b| b.resolve(&self.mem, &self.stats).unwrap())
-                .collect();
-            let result = match fault % 16 {
-                0 => Err(DriverError::Hang),
-                1 => Err(DriverError::Internal("fuzz".into())),
-                2 => Err(DriverError::NoMemory),
-                _ => self
-                    .npu
-                    .execute(&t.prepared, &bos, Instant::now() + Duration::from_secs(60)),
-            };
-            self.dev.finish(t.ctx_id, result, Duration::from_micros(5));
-            self.collect();
-        }
+    /// reports its end, as the scheduler does.
+    fn end(&mut self, mut t: Ticket, fault: u8) {
+        let end = match fault % 16 {
+            0 => JobEnd::TimedOut,
+            1 => JobEnd::Lost(LostReason::DeviceError, "fuzz".into()),
+            2 => JobEnd::NoMemory,
+            3 => JobEnd::Aborted,
+            _ => match t.job.run_inline() {
+                Ok(ops) => JobEnd::Done { ops },
+                Err(ExecError::NoMemory) => JobEnd::NoMemory,
+                Err(e) => JobEnd::Failed(e.to_string()),
+            },
+        };
+        self.dev
+            .finish(t.ctx_id, t.id, end, Duration::from_micros(5));
+        self.collect();
     }
 
     fn check(&self) {
@@ -318,8 +341,23 @@ fuzz_target!(|ops: Vec<Op>| {
         max_job_memory: 4 << 20,
         max_backing_entries: 24,
     };
-    let npu = Arc::new(SimNpu::new(Faults::default()));
-    let mut dev = Device::new(limits.clone(), npu.clone());
+    // One software NPU for every run: the model runs jobs inline and never
+    // submits to its engine.
+    static NPU: std::sync::OnceLock<Arc<SimNpu>> = std::sync::OnceLock::new();
+    let npu = NPU.get_or_init(|| {
+        let opts = SimOptions {
+            faults: Default::default(),
+            engines: 1,
+            tile: Tile::SLICED,
+        };
+        Arc::new(SimNpu::new(opts).unwrap())
+    });
+    let mem = GuestMem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+    let vm_mem = VmMemory {
+        mem: GuestMemoryAtomic::new(mem.clone()),
+        npu_stats: Arc::default(),
+    };
+    let mut dev = Device::new(limits.clone(), npu.clone(), vm_mem, VmMetrics::detached());
     dev.set_features(
         (1 << VIRTIO_ACCEL_F_INLINE_CMD)
             | (1 << VIRTIO_ACCEL_F_IOCTL)
@@ -327,9 +365,7 @@ fuzz_target!(|ops: Vec<Op>| {
     );
     let mut m = Model {
         dev,
-        mem: GuestMem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap(),
-        npu,
-        stats: MemStats::default(),
+        mem,
         limits: limits.clone(),
         ctxs: BTreeMap::new(),
         fences: BTreeMap::new(),
@@ -337,6 +373,7 @@ fuzz_target!(|ops: Vec<Op>| {
         answered: HashSet::new(),
         last_answer: BTreeMap::new(),
         next_token: 1,
+        next_job: 1,
         running: Vec::new(),
     };
     let dec = Limits::default();

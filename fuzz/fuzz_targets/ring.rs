@@ -9,8 +9,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use vhost_device_accel::driver::sim::{Faults, SimNpu};
+use vhost_device_accel::backend::sim::{SimNpu, SimOptions, Tile};
 use vhost_device_accel::memory::GuestMem;
+use vhost_device_accel::metrics::{DaemonMetrics, VmMetrics};
 use vhost_device_accel::sched::Scheduler;
 use vhost_device_accel::vhost_user::AccelBackend;
 use vhost_device_accel::Config;
@@ -28,14 +29,22 @@ const fn layout(q: u64) -> (u64, u64, u64) {
     (base, base + 0x100, base + 0x200)
 }
 
-fn sched() -> &'static Arc<Scheduler> {
-    static S: OnceLock<Arc<Scheduler>> = OnceLock::new();
+fn sched() -> &'static Arc<Scheduler<SimNpu>> {
+    static S: OnceLock<Arc<Scheduler<SimNpu>>> = OnceLock::new();
     S.get_or_init(|| {
+        let npu = SimNpu::new(SimOptions {
+            faults: Default::default(),
+            engines: 1,
+            tile: Tile::SLICED,
+        })
+        .unwrap();
         Scheduler::new(
-            Arc::new(SimNpu::new(Faults::default())),
-            1,
+            Arc::new(npu),
             Duration::from_secs(5),
+            Duration::from_millis(1),
+            DaemonMetrics::new(1),
         )
+        .unwrap()
     })
 }
 
@@ -53,7 +62,14 @@ fuzz_target!(|data: &[u8]| {
     config.limits.max_sg_entries = 64;
     config.limits.max_submit_bos = 16;
     config.limits.max_inline_cmd_size = 1024;
-    let backend = AccelBackend::new(config, sched().clone(), atomic.clone()).unwrap();
+    let backend = AccelBackend::new(
+        config,
+        sched().clone(),
+        atomic.clone(),
+        1,
+        VmMetrics::detached(),
+    )
+    .unwrap();
     let features = backend.features();
     backend.acked_features(features);
     let event_idx = data.first().is_some_and(|b| b & 1 != 0);

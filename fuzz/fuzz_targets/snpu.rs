@@ -6,14 +6,10 @@
 //! (run with -malloc_limit_mb far below what an unchecked op allocates).
 #![no_main]
 
+use libfuzzer_sys::fuzz_target;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use libfuzzer_sys::fuzz_target;
-use vhost_device_accel::driver::sim::{Faults, SimNpu};
-use vhost_device_accel::driver::NpuDriver;
+use vhost_device_accel::backend::sim::{SimNpu, Tile};
 use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
 use virtio_accel_protocol::snpu;
 use vm_memory::{Bytes, GuestAddress};
@@ -95,11 +91,12 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|&(s, a)| (u64::from(s) + 1, u32::from(a % 3) + 1))
         .collect();
-    let npu = SimNpu::new(Faults::default());
-    let Ok(prepared) = npu.prepare(input.cmd, &shapes) else {
+    // What the software NPU's prepare does.
+    if program.check_bounds(&shapes).is_err() {
         return;
-    };
-    if prepared.work_bytes > MAX_JOB_MEMORY || program.cost() > MAX_COST {
+    }
+    let work = program.work_bytes();
+    if work > MAX_JOB_MEMORY || program.cost() > MAX_COST {
         return;
     }
     // Buffer i lives at i * SLOT, the rest of its slot is guard bytes.
@@ -121,11 +118,19 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|b| b.resolve(&mem, &stats).unwrap())
         .collect();
-    let work = prepared.work_bytes;
-    let job = Arc::new(prepared);
+    // Tiles from whole ops down to a few elements: every size of step.
+    let k = u32::from(input.fill % 16);
+    let tile = if k == 15 {
+        Tile::WHOLE
+    } else {
+        Tile {
+            macs: 1 << (6 + k),
+            elems: 1 << (2 + k % 12),
+        }
+    };
     let base = LIVE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
-    let _ = npu.execute(&job, &bos, Instant::now() + Duration::from_secs(60));
+    let _ = SimNpu::run_program(&program, &bos, tile);
     let used = PEAK.load(Ordering::Relaxed).saturating_sub(base) as u64;
     assert!(
         used <= work,

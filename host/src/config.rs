@@ -1,12 +1,13 @@
 //! Daemon configuration: limits each VM gets, the job watchdog and the
 //! software NPU's fault injection. Loaded from TOML; every field optional.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use virtio_accel_protocol::*;
 
-use crate::driver::sim::Faults;
+use crate::backend::sim::Faults;
+use crate::sched::policy::MAX_WEIGHT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,20 +67,98 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimConfig {
     pub faults: Faults,
+    /// Run kernels in tiles that can be preempted (the default); off, every
+    /// op runs whole and only stops between ops (for measuring the cost of
+    /// slicing).
+    pub slicing: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            faults: Faults::default(),
+            slicing: true,
+        }
+    }
+}
+
+/// One VM the daemon serves: its socket and its share of the NPU.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub socket: PathBuf,
+    /// Name in logs and metrics; the socket path if unset.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Share of NPU time against the other VMs' weights, 1 to 10000.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl VmConfig {
+    pub fn new(socket: PathBuf) -> VmConfig {
+        VmConfig {
+            socket,
+            name: None,
+            weight: 1,
+        }
+    }
+
+    /// The name series and logs use.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.socket.display().to_string())
+    }
+
+    /// Parses `socket=PATH[,weight=N][,name=NAME]` (the `--vm` option).
+    pub fn parse(s: &str) -> Result<VmConfig, String> {
+        let mut vm = VmConfig::new(PathBuf::new());
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected key=value"))?;
+            match k {
+                "socket" => vm.socket = PathBuf::from(v),
+                "name" => vm.name = Some(v.to_owned()),
+                "weight" => {
+                    vm.weight = v
+                        .parse()
+                        .map_err(|_| format!("weight {v:?} is not a number"))?
+                }
+                _ => return Err(format!("unknown key {k:?} (socket, weight, name)")),
+            }
+        }
+        if vm.socket.as_os_str().is_empty() {
+            return Err("socket=PATH is required".into());
+        }
+        Ok(vm)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub limits: Limits,
-    /// NPU worker threads shared by all VMs.
+    /// Engines of the software NPU (threads), shared by all VMs; the
+    /// number of CPUs by default.
     pub workers: usize,
-    /// A job running longer than this is a hang: its context is lost.
+    /// A job that has used this much NPU time is a hang: it is aborted and
+    /// its context lost.
     pub job_timeout_ms: u64,
+    /// How far ahead of a waiting VM a running one may get before it is
+    /// preempted, in microseconds of device time.
+    pub quantum_us: u64,
+    /// The VMs to serve, each with its socket, name and weight.
+    pub vm: Vec<VmConfig>,
     /// Size of each virtqueue the daemon accepts.
     pub queue_size: usize,
     pub sim: SimConfig,
@@ -89,8 +168,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             limits: Limits::default(),
-            workers: 1,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(64)),
             job_timeout_ms: 5000,
+            quantum_us: 1000,
+            vm: Vec::new(),
             queue_size: 1024,
             sim: SimConfig::default(),
         }
@@ -140,6 +221,19 @@ impl Config {
         }
         if self.workers == 0 || self.workers > 64 {
             return Err(ConfigError::Invalid("workers must be 1 to 64".into()));
+        }
+        if self.quantum_us == 0 || self.job_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "quantum_us and job_timeout_ms must be nonzero".into(),
+            ));
+        }
+        for vm in &self.vm {
+            if vm.weight == 0 || vm.weight > MAX_WEIGHT {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: weight must be 1 to {MAX_WEIGHT}",
+                    vm.socket.display()
+                )));
+            }
         }
         if !self.queue_size.is_power_of_two() || self.queue_size > 32768 {
             return Err(ConfigError::Invalid(

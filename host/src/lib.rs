@@ -3,14 +3,19 @@
 //! Layers, each unaware of the ones above it:
 //! - [`vhost_user`] and [`queue`]: virtqueues, notifications, memory table;
 //! - [`device`]: the device model (contexts, buffers, fences, jobs);
-//! - [`sched`]: the NPU shared fairly between VMs;
-//! - [`driver`]: the `NpuDriver` trait and the software NPU ([`driver::sim`]);
-//! - [`memory`]: guest memory as buffers see it.
+//! - [`sched`]: the NPU shared between VMs by device time and weight;
+//! - [`backend`]: the NPU backend interface and the software NPU
+//!   ([`backend::sim`]);
+//! - [`memory`]: guest memory as buffers see it;
+//! - [`metrics`]: per-VM metrics for Prometheus.
+//!
+//! `ARCHITECTURE.md` says what each layer owns and what crosses each seam.
 
+pub mod backend;
 pub mod config;
 pub mod device;
-pub mod driver;
 pub mod memory;
+pub mod metrics;
 pub mod queue;
 pub mod sched;
 pub mod server;

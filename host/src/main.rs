@@ -1,11 +1,13 @@
 //! `vhost-device-accel`: serves virtio-accel devices to VMs over vhost-user.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use vhost_device_accel::{Config, Server};
+use vhost_device_accel::config::VmConfig;
+use vhost_device_accel::{metrics, Config, Server};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Driver {
@@ -16,9 +18,13 @@ enum Driver {
 #[derive(Parser, Debug)]
 #[command(version, about = "virtio-accel vhost-user device backend")]
 struct Args {
-    /// Unix socket to serve one VM on; repeat for more VMs.
-    #[arg(long = "socket-path", required_unless_present = "socket_count")]
+    /// Unix socket to serve one VM on, with weight 1; repeat for more VMs.
+    #[arg(long = "socket-path")]
     socket_path: Vec<PathBuf>,
+    /// A VM with its share of the NPU: socket=PATH[,weight=N][,name=NAME].
+    /// Weights are relative (1 to 10000); the name labels its metrics.
+    #[arg(long = "vm", value_parser = VmConfig::parse)]
+    vm: Vec<VmConfig>,
     /// Serve N VMs on sockets PREFIX0 .. PREFIX{N-1} (with --socket-prefix).
     #[arg(long, requires = "socket_prefix")]
     socket_count: Option<u32>,
@@ -40,6 +46,9 @@ struct Args {
     /// Add this many microseconds to every job; software NPU only.
     #[arg(long)]
     latency_us: Option<u64>,
+    /// Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -67,13 +76,40 @@ fn main() -> ExitCode {
     if let Some(l) = args.latency_us {
         faults.latency_us = l;
     }
-    let mut sockets = args.socket_path.clone();
+    let mut vms = std::mem::take(&mut config.vm);
+    vms.extend(args.vm.iter().cloned());
+    vms.extend(args.socket_path.iter().cloned().map(VmConfig::new));
     if let (Some(n), Some(prefix)) = (args.socket_count, &args.socket_prefix) {
-        sockets.extend((0..n).map(|i| PathBuf::from(format!("{prefix}{i}"))));
+        vms.extend((0..n).map(|i| VmConfig::new(PathBuf::from(format!("{prefix}{i}")))));
+    }
+    config.vm = vms.clone();
+    if vms.is_empty() {
+        eprintln!("vhost-device-accel: no VM to serve: give --socket-path, --vm or [[vm]]");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("vhost-device-accel: {e}");
+        return ExitCode::FAILURE;
     }
     let server = match args.driver {
         Driver::Sim => Server::new_sim(config),
     };
+    let server = match server {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vhost-device-accel: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(addr) = args.metrics_addr {
+        match metrics::serve(addr, server.metrics().clone()) {
+            Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
+            Err(e) => {
+                eprintln!("vhost-device-accel: metrics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -84,16 +120,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for s in &sockets {
-        tracing::info!("serving {}", s.display());
-        server.spawn(s.clone());
+    for vm in &vms {
+        tracing::info!("serving {} (weight {})", vm.socket.display(), vm.weight);
+        if let Err(e) = server.spawn(vm.clone()) {
+            eprintln!("vhost-device-accel: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     if let Some(sig) = signals.forever().next() {
         tracing::info!("signal {sig}: shutting down");
     }
     // Jobs are abandoned with the process; VMs see their sockets close.
-    for s in &sockets {
-        let _ = std::fs::remove_file(s);
+    for vm in &vms {
+        let _ = std::fs::remove_file(&vm.socket);
     }
     server.shutdown();
     ExitCode::SUCCESS

@@ -4,11 +4,22 @@
 //! resolved from: a [`BoMem`] borrows the snapshot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{
+    GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice,
+};
 
 /// Guest memory of one VM (no dirty-page bitmap).
 pub type GuestMem = GuestMemoryMmap<()>;
+
+/// What a backend needs to reach a VM's memory: the memory table as the
+/// VMM updates it, and the counters of what the NPU moved.
+#[derive(Clone)]
+pub struct VmMemory {
+    pub mem: GuestMemoryAtomic<GuestMem>,
+    pub npu_stats: Arc<MemStats>,
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MemError {

@@ -2,7 +2,7 @@
 //! model per connection (a disconnect drops everything the VM held), and
 //! the socket served again once the VM has gone.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -11,11 +11,12 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
 
-use crate::config::Config;
+use crate::backend::sim::{SimNpu, SimOptions, Tile};
+use crate::backend::Backend;
+use crate::config::{Config, VmConfig};
 use crate::device::Counts;
-use crate::driver::sim::SimNpu;
-use crate::driver::NpuDriver;
 use crate::memory::GuestMem;
+use crate::metrics::DaemonMetrics;
 use crate::sched::Scheduler;
 use crate::vhost_user::{AccelBackend, COMPLETION_EVENT};
 use std::os::fd::AsRawFd;
@@ -31,6 +32,8 @@ pub enum ServeError {
     Register(std::io::Error),
     #[error("listening on the socket: {0}")]
     Listen(vhost::vhost_user::Error),
+    #[error("starting the NPU: {0}")]
+    Npu(std::io::Error),
 }
 
 /// What one connected VM holds right now.
@@ -44,41 +47,68 @@ pub struct VmStats {
 }
 
 /// The daemon: a shared NPU scheduler and the VMs attached to it.
-pub struct Server {
+pub struct Server<B: Backend> {
     config: Config,
-    sched: Arc<Scheduler>,
-    vms: Mutex<Vec<(PathBuf, Weak<AccelBackendHandle>)>>,
+    sched: Arc<Scheduler<B>>,
+    metrics: Arc<DaemonMetrics>,
+    vms: Mutex<Vec<(PathBuf, Weak<AccelBackendHandle<B>>)>>,
 }
 
 /// Keeps a connected backend visible to [`Server::stats`].
-pub struct AccelBackendHandle(AccelBackend);
+pub struct AccelBackendHandle<B: Backend>(AccelBackend<B>);
 
-impl Server {
+impl Server<SimNpu> {
     /// A server on the built-in software NPU.
-    pub fn new_sim(config: Config) -> Arc<Server> {
-        let driver: Arc<dyn NpuDriver> = Arc::new(SimNpu::new(config.sim.faults.clone()));
-        Server::new(config, driver)
+    pub fn new_sim(config: Config) -> Result<Arc<Server<SimNpu>>, ServeError> {
+        let npu = SimNpu::new(SimOptions {
+            faults: config.sim.faults.clone(),
+            engines: config.workers,
+            tile: if config.sim.slicing {
+                Tile::SLICED
+            } else {
+                Tile::WHOLE
+            },
+        })
+        .map_err(ServeError::Npu)?;
+        Server::new(config, Arc::new(npu))
     }
+}
 
-    pub fn new(config: Config, driver: Arc<dyn NpuDriver>) -> Arc<Server> {
+impl<B: Backend> Server<B> {
+    pub fn new(config: Config, backend: Arc<B>) -> Result<Arc<Server<B>>, ServeError> {
+        let metrics = DaemonMetrics::new(backend.caps().engines);
         let sched = Scheduler::new(
-            driver,
-            config.workers,
+            backend,
             Duration::from_millis(config.job_timeout_ms),
-        );
-        Arc::new(Server {
+            Duration::from_micros(config.quantum_us),
+            metrics.clone(),
+        )
+        .map_err(ServeError::Npu)?;
+        Ok(Arc::new(Server {
             config,
             sched,
+            metrics,
             vms: Mutex::new(Vec::new()),
-        })
+        }))
     }
 
-    /// Serves one VM connection accepted on `listener` (bound to `path`),
-    /// returning when it disconnects.
-    pub fn serve_once(&self, path: &Path, listener: &mut Listener) -> Result<(), ServeError> {
+    pub fn metrics(&self) -> &Arc<DaemonMetrics> {
+        &self.metrics
+    }
+
+    /// Serves one VM connection accepted on `listener` (bound to the VM's
+    /// socket), returning when it disconnects.
+    pub fn serve_once(&self, vm: &VmConfig, listener: &mut Listener) -> Result<(), ServeError> {
+        let path = vm.socket.as_path();
         let mem = GuestMemoryAtomic::new(GuestMem::new());
-        let backend = AccelBackend::new(self.config.clone(), self.sched.clone(), mem.clone())
-            .map_err(ServeError::Backend)?;
+        let backend = AccelBackend::new(
+            self.config.clone(),
+            self.sched.clone(),
+            mem.clone(),
+            vm.weight,
+            self.metrics.vm(&vm.label()),
+        )
+        .map_err(ServeError::Backend)?;
         let mut daemon = VhostUserDaemon::new("vhost-device-accel".into(), backend.clone(), mem)
             .map_err(ServeError::Daemon)?;
         let handlers = daemon.get_epoll_handlers();
@@ -113,27 +143,26 @@ impl Server {
         Ok(())
     }
 
-    /// Serves `path` forever, one VM after another. The socket stays bound
-    /// between VMs, so a VMM that reconnects while the last one is torn
-    /// down waits in the backlog instead of finding no socket.
-    pub fn serve_forever(&self, path: &Path) -> Result<(), ServeError> {
-        let mut listener = Listener::new(path, true).map_err(ServeError::Listen)?;
+    /// Serves a VM's socket forever, one VM after another. The socket stays
+    /// bound between VMs, so a VMM that reconnects while the last one is
+    /// torn down waits in the backlog instead of finding no socket.
+    pub fn serve_forever(&self, vm: &VmConfig) -> Result<(), ServeError> {
+        let mut listener = Listener::new(&vm.socket, true).map_err(ServeError::Listen)?;
         loop {
-            self.serve_once(path, &mut listener)?;
+            self.serve_once(vm, &mut listener)?;
         }
     }
 
-    /// Starts a thread serving `path` forever.
-    pub fn spawn(self: &Arc<Self>, path: PathBuf) -> std::thread::JoinHandle<()> {
+    /// Starts a thread serving a VM's socket forever.
+    pub fn spawn(self: &Arc<Self>, vm: VmConfig) -> std::io::Result<std::thread::JoinHandle<()>> {
         let s = self.clone();
         std::thread::Builder::new()
-            .name(format!("vm-{}", path.display()))
+            .name(format!("vm-{}", vm.label()))
             .spawn(move || {
-                if let Err(e) = s.serve_forever(&path) {
-                    tracing::error!("{}: {e}", path.display());
+                if let Err(e) = s.serve_forever(&vm) {
+                    tracing::error!("{}: {e}", vm.socket.display());
                 }
             })
-            .expect("spawn socket thread")
     }
 
     /// Per-VM state of the VMs connected now, by socket path.
@@ -148,8 +177,8 @@ impl Server {
                 let s = VmStats {
                     counts: dev.counts(),
                     parked_chains: b.parked(),
-                    npu_bytes_read: vm.npu_stats.npu_read.load(Ordering::Relaxed),
-                    npu_bytes_written: vm.npu_stats.npu_written.load(Ordering::Relaxed),
+                    npu_bytes_read: vm.mem.npu_stats.npu_read.load(Ordering::Relaxed),
+                    npu_bytes_written: vm.mem.npu_stats.npu_written.load(Ordering::Relaxed),
                     cmd_bytes_copied: dev.cmd_stats.npu_read.load(Ordering::Relaxed),
                 };
                 Some((p, s))

@@ -3,14 +3,15 @@
 //! Chains are taken apart here ([`crate::queue`]), requests decoded with the
 //! protocol crate and handed to the device model; responses are written
 //! back and every popped chain is completed exactly once. Submit chains are
-//! parked until their job completes; completions arrive through an eventfd
-//! on this thread's epoll loop.
+//! parked until their job completes; the scheduler signals completions
+//! through an eventfd on this thread's epoll loop, and only this thread
+//! touches the rings.
 
 use std::collections::HashMap;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
@@ -23,12 +24,14 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 use zerocopy::IntoBytes;
 
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::device::{Device, Outcome};
-use crate::memory::{GuestMem, MemStats};
+use crate::memory::{GuestMem, MemStats, VmMemory};
+use crate::metrics::VmMetrics;
 use crate::queue::{self, WriteArea};
 use crate::sched::{Scheduler, VmSlot};
 
@@ -66,14 +69,13 @@ struct Parked {
     ctx_id: u32,
 }
 
-struct Inner {
+struct Inner<B: Backend> {
     config: Config,
-    sched: Arc<Scheduler>,
-    vm: Arc<VmSlot>,
+    sched: Arc<Scheduler<B>>,
+    vm: Arc<VmSlot<B>>,
     event_idx: AtomicBool,
     parked: Mutex<HashMap<u64, Parked>>,
     next_token: AtomicU64,
-    complete_lock: Mutex<()>,
     /// Queues found broken (bit per queue): not processed until reset.
     broken: AtomicU8,
     /// Queues with chains left after a wake-up's passes (bit per queue).
@@ -89,25 +91,37 @@ fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, GlueError> {
 }
 
 /// One VM's device, as the vhost-user daemon drives it.
-#[derive(Clone)]
-pub struct AccelBackend {
-    inner: Arc<Inner>,
+pub struct AccelBackend<B: Backend> {
+    inner: Arc<Inner<B>>,
 }
 
-impl AccelBackend {
+impl<B: Backend> Clone for AccelBackend<B> {
+    fn clone(&self) -> Self {
+        AccelBackend {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B: Backend> AccelBackend<B> {
     pub fn new(
         config: Config,
-        sched: Arc<Scheduler>,
+        sched: Arc<Scheduler<B>>,
         mem: GuestMemoryAtomic<GuestMem>,
-    ) -> io::Result<AccelBackend> {
-        let device = Device::new(config.limits.clone(), sched.driver().clone());
-        let vm = Arc::new(VmSlot {
-            device: Mutex::new(device),
+        weight: u32,
+        metrics: Arc<VmMetrics>,
+    ) -> io::Result<AccelBackend<B>> {
+        let mem = VmMemory {
             mem,
-            completion: EventFd::new(EFD_NONBLOCK)?,
-            completer: OnceLock::new(),
-            npu_stats: MemStats::default(),
-        });
+            npu_stats: Arc::new(MemStats::default()),
+        };
+        let device = Device::new(
+            config.limits.clone(),
+            sched.backend().clone(),
+            mem.clone(),
+            metrics.clone(),
+        );
+        let vm = Arc::new(VmSlot::new(device, mem, weight, metrics)?);
         sched.add_vm(&vm);
         Ok(AccelBackend {
             inner: Arc::new(Inner {
@@ -117,7 +131,6 @@ impl AccelBackend {
                 event_idx: AtomicBool::new(false),
                 parked: Mutex::new(HashMap::new()),
                 next_token: AtomicU64::new(1),
-                complete_lock: Mutex::new(()),
                 broken: AtomicU8::new(0),
                 more: AtomicU8::new(0),
                 dead: AtomicBool::new(false),
@@ -125,7 +138,7 @@ impl AccelBackend {
         })
     }
 
-    pub fn vm(&self) -> &Arc<VmSlot> {
+    pub fn vm(&self) -> &Arc<VmSlot<B>> {
         &self.inner.vm
     }
 
@@ -138,7 +151,7 @@ impl AccelBackend {
         &self.inner.vm.completion
     }
 
-    fn device(&self) -> Result<MutexGuard<'_, Device>, GlueError> {
+    fn device(&self) -> Result<MutexGuard<'_, Device<B>>, GlueError> {
         lock(&self.inner.vm.device)
     }
 
@@ -215,7 +228,7 @@ impl AccelBackend {
     }
 
     fn process_queue(&self, q: u16, vring: &VringRwLock) -> Result<(), GlueError> {
-        let mem = self.inner.vm.mem.memory();
+        let mem = self.inner.vm.mem.mem.memory();
         let (table, size, heads) = self.pop_heads(q, vring, &mem)?;
         if heads.is_empty() {
             return Ok(());
@@ -294,36 +307,13 @@ impl AccelBackend {
         Ok(())
     }
 
-    /// Lets NPU workers complete chains themselves. The vrings live as long
-    /// as the daemon; the closure holds the backend weakly.
-    fn install_completer(&self, submit: &VringRwLock, event: &VringRwLock) {
-        if self.inner.vm.completer.get().is_some() {
-            return;
-        }
-        let weak = Arc::downgrade(&self.inner);
-        let (submit, event) = (submit.clone(), event.clone());
-        let _ = self.inner.vm.completer.set(Box::new(move || {
-            let Some(inner) = weak.upgrade() else {
-                return false;
-            };
-            let b = AccelBackend { inner };
-            if b.inner.dead.load(Ordering::Relaxed) {
-                return true;
-            }
-            b.complete_jobs(&submit).is_ok() && b.deliver_events(&event).is_ok()
-        }));
-    }
-
     /// Completes the submit chains whose jobs finished.
     fn complete_jobs(&self, vring: &VringRwLock) -> Result<(), GlueError> {
-        // Workers and the vring thread both complete chains: taking and
-        // writing under one lock keeps the used ring in fence order.
-        let _order = lock(&self.inner.complete_lock)?;
         let done = self.device()?.take_completions();
         if done.is_empty() {
             return Ok(());
         }
-        let mem = self.inner.vm.mem.memory();
+        let mem = self.inner.vm.mem.mem.memory();
         for c in done {
             let Some(p) = lock(&self.inner.parked)?.remove(&c.token) else {
                 continue;
@@ -341,11 +331,10 @@ impl AccelBackend {
         if self.is_broken(Q) {
             return Ok(());
         }
-        let mem = self.inner.vm.mem.memory();
+        let mem = self.inner.vm.mem.mem.memory();
         let mut delivered = false;
         // At most a queue's worth of buffers per call: a driver that keeps
-        // offering unusable buffers cannot hold this thread (or the NPU
-        // worker completing jobs) here.
+        // offering unusable buffers cannot hold this thread here.
         let mut budget = usize::from(vring.get_ref().get_queue().size());
         loop {
             if budget == 0 {
@@ -432,7 +421,6 @@ impl AccelBackend {
         let [control, submit, event] = vrings else {
             return Ok(());
         };
-        self.install_completer(submit, event);
         match device_event {
             VIRTIO_ACCEL_VQ_CONTROL | VIRTIO_ACCEL_VQ_SUBMIT => {
                 let vring = if device_event == VIRTIO_ACCEL_VQ_CONTROL {
@@ -469,7 +457,7 @@ impl AccelBackend {
     }
 }
 
-impl VhostUserBackend for AccelBackend {
+impl<B: Backend> VhostUserBackend for AccelBackend<B> {
     type Bitmap = ();
     type Vring = VringRwLock;
 

@@ -7,12 +7,8 @@
 //!   outside its buffers, and its working-memory figure does not overflow;
 //! - ADD/MUL with broadcast inputs compute what a plain loop computes.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use proptest::prelude::*;
-use vhost_device_accel::driver::sim::{Faults, SimNpu};
-use vhost_device_accel::driver::NpuDriver;
+use vhost_device_accel::backend::sim::{SimNpu, Tile};
 use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
 use virtio_accel_protocol::snpu::*;
 use vm_memory::{Bytes, GuestAddress};
@@ -178,11 +174,11 @@ fn op() -> impl Strategy<Value = OpDesc> {
 /// slots; returns the buffers' contents after the run, or None if the
 /// device refused the job.
 fn run(program: &Program, sizes: &[u64], access: &[u32], init: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
-    let npu = SimNpu::new(Faults::default());
     let shapes: Vec<(u64, u32)> = sizes.iter().copied().zip(access.iter().copied()).collect();
-    let prepared = npu.prepare(&program.encode(), &shapes).ok()?;
-    assert_eq!(prepared.work_bytes, program.work_bytes());
-    if prepared.work_bytes > 4 << 20 || program.cost() > 1 << 20 {
+    // What the software NPU's prepare does: parse the bytes, check bounds.
+    let parsed = parse(&program.encode()).ok()?;
+    parsed.check_bounds(&shapes).ok()?;
+    if parsed.work_bytes() > 4 << 20 || program.cost() > 1 << 20 {
         return None;
     }
     let mem =
@@ -206,8 +202,12 @@ fn run(program: &Program, sizes: &[u64], access: &[u32], init: &[Vec<u8>]) -> Op
         .iter()
         .map(|b| b.resolve(&mem, &stats).unwrap())
         .collect();
-    let job = Arc::new(prepared);
-    let _ = npu.execute(&job, &bos, Instant::now() + Duration::from_secs(30));
+    // Small tiles: every op runs in many resumable steps.
+    let tile = Tile {
+        macs: 1 << 12,
+        elems: 61,
+    };
+    let _ = SimNpu::run_program(&parsed, &bos, tile);
     let mut out = Vec::new();
     for (i, &s) in sizes.iter().enumerate() {
         let mut rest = vec![0u8; (SLOT - s) as usize];

@@ -16,7 +16,7 @@ use std::time::Instant;
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use vhost_device_accel::driver::sim::{Faults, SimNpu};
+use vhost_device_accel::backend::sim::{SimNpu, Tile};
 use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
 use vhost_device_accel::Config;
 use virtio_accel_guest::workloads::{self, Workload};
@@ -320,11 +320,10 @@ fn native(w: &Workload, reps: usize) -> f64 {
             bo.write(0, &spec.init).unwrap();
         }
     }
-    let npu = SimNpu::new(Faults::default());
     let mut t: Vec<f64> = (0..reps + 2)
         .map(|_| {
             let t = Instant::now();
-            npu.run_program(&w.program, &bos).unwrap();
+            SimNpu::run_program(&w.program, &bos, Tile::WHOLE).unwrap();
             t.elapsed().as_secs_f64()
         })
         .skip(2)

@@ -5,12 +5,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vhost_device_accel::backend::sim::SimNpu;
+use vhost_device_accel::backend::Backend;
+use vhost_device_accel::config::VmConfig;
 use vhost_device_accel::server::VmStats;
 use vhost_device_accel::{Config, Server};
 
 /// A daemon serving `sockets.len()` VMs.
-pub struct Daemon {
-    pub server: Arc<Server>,
+pub struct Daemon<B: Backend = SimNpu> {
+    pub server: Arc<Server<B>>,
     pub sockets: Vec<PathBuf>,
 }
 
@@ -26,17 +29,37 @@ pub fn unique_dir() -> PathBuf {
 }
 
 impl Daemon {
-    /// Starts a daemon on the software NPU with `vms` sockets.
+    /// Starts a daemon on the software NPU with `vms` sockets of weight 1.
     pub fn start(config: Config, vms: usize) -> Daemon {
-        Self::start_with(Server::new_sim(config), vms)
+        Self::start_weighted(config, &vec![1; vms])
     }
 
-    /// Starts a daemon on `server` (any NPU driver) with `vms` sockets.
-    pub fn start_with(server: Arc<Server>, vms: usize) -> Daemon {
+    /// Starts a daemon on the software NPU with one socket per weight.
+    pub fn start_weighted(config: Config, weights: &[u32]) -> Daemon {
+        Daemon::start_with(
+            Server::new_sim(config).expect("start the software NPU"),
+            weights,
+        )
+    }
+}
+
+impl<B: Backend> Daemon<B> {
+    /// Starts a daemon on `server` (any backend) with one socket per
+    /// weight.
+    pub fn start_with(server: Arc<Server<B>>, weights: &[u32]) -> Daemon<B> {
         let dir = unique_dir();
-        let sockets: Vec<PathBuf> = (0..vms).map(|i| dir.join(format!("vm{i}.sock"))).collect();
-        for s in &sockets {
-            server.spawn(s.clone());
+        let vms: Vec<VmConfig> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| VmConfig {
+                socket: dir.join(format!("vm{i}.sock")),
+                name: Some(format!("vm{i}")),
+                weight,
+            })
+            .collect();
+        let sockets = vms.iter().map(|v| v.socket.clone()).collect::<Vec<_>>();
+        for vm in vms {
+            server.spawn(vm).expect("spawn a socket thread");
         }
         for s in &sockets {
             wait_for_socket(s);

@@ -2,15 +2,22 @@
 //! and the busy rule (a buffer listed by a queued or running job can be
 //! neither destroyed nor detached).
 
-use std::sync::Arc;
-
 use virtio_accel_protocol::*;
 
-use super::context::Bo;
+use super::context::{Attached, Bo};
 use super::{Device, Status};
+use crate::backend::{Backend, BackendError};
 use crate::memory::{Backing, GuestMem};
 
-impl Device {
+fn backend_status(e: &BackendError) -> Status {
+    match e {
+        BackendError::Invalid(_) => VIRTIO_ACCEL_RESP_ERR_INVALID,
+        BackendError::OutOfRange(_) => VIRTIO_ACCEL_RESP_ERR_OUT_OF_RANGE,
+        BackendError::NoMemory(_) | BackendError::Device(_) => VIRTIO_ACCEL_RESP_ERR_NO_MEMORY,
+    }
+}
+
+impl<B: Backend> Device<B> {
     pub(super) fn bo_create(&mut self, q: &BoCreate) -> Result<Response, Status> {
         let ctx_id = q.hdr.ctx_id.get();
         self.ctx_mut(ctx_id)?;
@@ -36,7 +43,7 @@ impl Device {
             Bo {
                 size,
                 flags: q.flags.get(),
-                backing: None,
+                attached: None,
                 busy: 0,
             },
         );
@@ -50,7 +57,7 @@ impl Device {
         }))
     }
 
-    fn bo_mut(&mut self, ctx: u32, h: u32) -> Result<&mut Bo, Status> {
+    fn bo_mut(&mut self, ctx: u32, h: u32) -> Result<&mut Bo<B>, Status> {
         self.ctx_mut(ctx)?
             .bos
             .get_mut(&h)
@@ -62,12 +69,16 @@ impl Device {
         if self.bo_mut(ctx, h)?.busy > 0 {
             return Err(VIRTIO_ACCEL_RESP_ERR_BUSY);
         }
-        let bo = self
-            .ctx_mut(ctx)?
+        let c = super::live(&mut self.contexts, ctx)?;
+        let bo = c
             .bos
             .remove(&h)
             .ok_or(VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE)?;
-        self.backing_entries = self.backing_entries.saturating_sub(bo.entries());
+        let entries = bo.entries();
+        if let Some(a) = bo.attached {
+            self.backend.release(&c.hw, a.buffer);
+        }
+        self.backing_entries = self.backing_entries.saturating_sub(entries);
         self.bo_count = self.bo_count.saturating_sub(1);
         self.bo_bytes = self.bo_bytes.saturating_sub(bo.size);
         Ok(Response::NoData(Hdr::new(VIRTIO_ACCEL_RESP_OK, ctx)))
@@ -77,13 +88,13 @@ impl Device {
         let ctx = q.hdr.ctx_id.get();
         let bo = self.bo_mut(ctx, q.bo_handle.get())?;
         let mut state = 0;
-        if bo.backing.is_some() {
+        if bo.attached.is_some() {
             state |= VIRTIO_ACCEL_BO_STATE_BACKED;
         }
         if bo.busy > 0 {
             state |= VIRTIO_ACCEL_BO_STATE_BUSY;
         }
-        let entries = bo.backing.as_ref().map_or(0, |b| b.entries());
+        let entries = bo.entries();
         Ok(Response::BoInfo(RespBoInfo {
             hdr: Hdr::new(VIRTIO_ACCEL_RESP_OK, ctx),
             bo_handle: q.bo_handle,
@@ -105,7 +116,7 @@ impl Device {
         let held = self.backing_entries;
         let max = u64::from(self.limits.max_backing_entries);
         let bo = self.bo_mut(ctx, q.bo_handle.get())?;
-        if bo.backing.is_some() || bo.flags & VIRTIO_ACCEL_BO_F_HOST != 0 {
+        if bo.attached.is_some() || bo.flags & VIRTIO_ACCEL_BO_F_HOST != 0 {
             return Err(VIRTIO_ACCEL_RESP_ERR_INVALID);
         }
         let n = entries.len() as u64;
@@ -125,19 +136,39 @@ impl Device {
         if held.saturating_add(n) > max {
             return Err(VIRTIO_ACCEL_RESP_ERR_QUOTA);
         }
-        bo.backing = Some(Arc::new(backing));
+        // Every check passed; the backend's import is the last one.
+        let c = super::live(&mut self.contexts, ctx)?;
+        let imported = self
+            .backend
+            .import(&c.hw, &backing, &self.mem)
+            .map_err(|e| backend_status(&e))?;
+        let bo = c
+            .bos
+            .get_mut(&q.bo_handle.get())
+            .ok_or(VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE)?;
+        bo.attached = Some(Attached {
+            backing,
+            buffer: imported.buffer,
+        });
         self.backing_entries += n;
         Ok(Response::NoData(Hdr::new(VIRTIO_ACCEL_RESP_OK, ctx)))
     }
 
     pub(super) fn bo_detach(&mut self, q: &BoReq) -> Result<Response, Status> {
         let ctx = q.hdr.ctx_id.get();
-        let bo = self.bo_mut(ctx, q.bo_handle.get())?;
+        let c = super::live(&mut self.contexts, ctx)?;
+        let bo = c
+            .bos
+            .get_mut(&q.bo_handle.get())
+            .ok_or(VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE)?;
         if bo.busy > 0 {
             return Err(VIRTIO_ACCEL_RESP_ERR_BUSY);
         }
-        let b = bo.backing.take().ok_or(VIRTIO_ACCEL_RESP_ERR_INVALID)?;
-        self.backing_entries = self.backing_entries.saturating_sub(b.entries() as u64);
+        let a = bo.attached.take().ok_or(VIRTIO_ACCEL_RESP_ERR_INVALID)?;
+        self.backing_entries = self
+            .backing_entries
+            .saturating_sub(a.backing.entries() as u64);
+        self.backend.release(&c.hw, a.buffer);
         Ok(Response::NoData(Hdr::new(VIRTIO_ACCEL_RESP_OK, ctx)))
     }
 }

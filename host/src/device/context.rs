@@ -1,18 +1,25 @@
-//! One guest context: its buffer objects, its fence timeline and its job
-//! queue. Handles are per context; nothing here is visible to another.
+//! One guest context: its buffer objects, its fence timeline, its job queue
+//! and its backend context. Handles are per context; nothing here is
+//! visible to another.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::time::Instant;
 
-use crate::driver::{CtxCounters, Prepared};
+use crate::backend::{Backend, JobId};
 use crate::memory::Backing;
 
+/// Guest memory a buffer is attached to, as the device and the backend
+/// hold it.
+pub struct Attached<B: Backend> {
+    pub backing: Backing,
+    pub buffer: B::Buffer,
+}
+
 /// A buffer object. Its bytes are the guest pages of its backing.
-#[derive(Debug)]
-pub struct Bo {
+pub struct Bo<B: Backend> {
     pub size: u64,
     pub flags: u32,
-    pub backing: Option<Arc<Backing>>,
+    pub attached: Option<Attached<B>>,
     /// Queued or running jobs that list this buffer.
     pub busy: u32,
 }
@@ -25,43 +32,50 @@ pub struct Timeline {
     pub completed: u64,
 }
 
-/// A validated job waiting for its turn.
-pub struct Job {
+/// A validated job waiting for its turn, or running.
+pub struct Job<B: Backend> {
     /// The glue's handle on the parked descriptor chain.
     pub token: u64,
     pub out_fence: u64,
-    pub prepared: Arc<Prepared>,
-    /// `(handle, backing)` of each listed buffer, in the job's index order.
-    pub bos: Vec<(u32, Arc<Backing>)>,
+    /// The backend's job, until it is submitted.
+    pub prepared: Option<B::Job>,
+    /// Handles of the listed buffers, in the job's index order.
+    pub bos: Vec<u32>,
     /// `(context, seqno)` fences still to signal before the job may run.
     pub in_fences: Vec<(u32, u64)>,
     /// Set once the job can never run: the status it will be answered with
     /// when every earlier job of its context has been answered.
     pub doomed: Option<u32>,
+    /// The scheduler's name for it once submitted.
+    pub id: Option<JobId>,
+    pub queued_at: Instant,
 }
 
-pub struct Context {
+pub struct Context<B: Backend> {
     pub priority: u32,
-    pub bos: BTreeMap<u32, Bo>,
+    pub bos: BTreeMap<u32, Bo<B>>,
     next_bo: u32,
     pub timeline: Timeline,
-    pub queue: VecDeque<Job>,
+    pub queue: VecDeque<Job<B>>,
     /// The job on the NPU now, if any.
-    pub running: Option<Job>,
+    pub running: Option<Job<B>>,
     /// Why the context was lost, once it was.
     pub lost: Option<u32>,
-    pub counters: CtxCounters,
+    /// The backend's side of the context.
+    pub hw: B::Context,
 }
 
-impl Bo {
+impl<B: Backend> Bo<B> {
     /// Backing entries the device keeps for this buffer.
     pub fn entries(&self) -> u64 {
-        self.backing.as_ref().map_or(0, |b| b.entries() as u64)
+        self.attached
+            .as_ref()
+            .map_or(0, |a| a.backing.entries() as u64)
     }
 }
 
-impl Context {
-    pub fn new(priority: u32) -> Context {
+impl<B: Backend> Context<B> {
+    pub fn new(priority: u32, hw: B::Context) -> Context<B> {
         Context {
             priority,
             bos: BTreeMap::new(),
@@ -70,7 +84,7 @@ impl Context {
             queue: VecDeque::new(),
             running: None,
             lost: None,
-            counters: CtxCounters::default(),
+            hw,
         }
     }
 
@@ -93,7 +107,7 @@ impl Context {
     }
 
     /// Dooms queued job `i` (see [`Job::doomed`]) unless it already is;
-    /// its buffers are idle from now on.
+    /// its buffers are idle and its backend job dropped from now on.
     pub fn doom(&mut self, i: usize, status: u32) {
         let Some(job) = self.queue.get_mut(i) else {
             return;
@@ -102,6 +116,7 @@ impl Context {
             return;
         }
         job.doomed = Some(status);
+        job.prepared = None;
         let listed = std::mem::take(&mut job.bos);
         release(&mut self.bos, &listed);
     }
@@ -119,14 +134,14 @@ impl Context {
     }
 
     /// Releases the buffers a job held.
-    pub fn unbusy(&mut self, job: &Job) {
+    pub fn unbusy(&mut self, job: &Job<B>) {
         release(&mut self.bos, &job.bos);
     }
 }
 
 /// Marks the buffers in `listed` no longer held by one job.
-fn release(bos: &mut BTreeMap<u32, Bo>, listed: &[(u32, Arc<Backing>)]) {
-    for (h, _) in listed {
+fn release<B: Backend>(bos: &mut BTreeMap<u32, Bo<B>>, listed: &[u32]) {
+    for h in listed {
         if let Some(bo) = bos.get_mut(h) {
             bo.busy = bo.busy.saturating_sub(1);
         }

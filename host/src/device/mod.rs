@@ -8,12 +8,17 @@
 //! glue with [`Device::take_completions`], in fence order within each
 //! context. Every status a guest sees is chosen here.
 //!
-//! - [`buffers`]: buffer objects and their backing;
+//! - this file: request dispatch, capabilities, contexts, ioctls;
+//! - [`buffers`]: buffer objects, their backing and import;
 //! - [`submit`]: validation of `SUBMIT`;
-//! - [`jobs`]: job order, fence waits, completion and context loss.
+//! - [`fences`]: timelines, fence waits and `FENCE_POLL`;
+//! - [`jobs`]: jobs to and from the scheduler, completion, context loss;
+//! - [`events`]: the eventq's queue and the answered jobs' responses.
 
 mod buffers;
 pub mod context;
+mod events;
+mod fences;
 mod jobs;
 mod submit;
 
@@ -22,10 +27,12 @@ use std::sync::Arc;
 
 use virtio_accel_protocol::*;
 
+use crate::backend::{Backend, IoctlError};
 use crate::config::Limits;
-use crate::driver::{NpuDriver, Prepared};
-use crate::memory::{Backing, GuestMem, MemStats};
+use crate::memory::{GuestMem, MemStats, VmMemory};
+use crate::metrics::VmMetrics;
 use context::Context;
+pub use jobs::JobEnd;
 
 /// What became of a request.
 pub enum Outcome {
@@ -39,13 +46,6 @@ pub enum Outcome {
 pub struct Completion {
     pub token: u64,
     pub response: Response,
-}
-
-/// A job handed to the NPU.
-pub struct Ticket {
-    pub ctx_id: u32,
-    pub prepared: Arc<Prepared>,
-    pub backings: Vec<Arc<Backing>>,
 }
 
 /// Live objects of one VM, for tests and leak checks.
@@ -64,15 +64,18 @@ pub struct Counts {
 
 type Status = u32;
 
-pub struct Device {
+pub struct Device<B: Backend> {
     limits: Limits,
-    driver: Arc<dyn NpuDriver>,
+    backend: Arc<B>,
+    mem: VmMemory,
+    metrics: Arc<VmMetrics>,
     /// Device feature bits the driver acknowledged.
     features: u64,
-    contexts: BTreeMap<u32, Context>,
-    /// Destroyed contexts whose running job has not finished yet; they keep
-    /// their queued jobs, doomed, to answer them after the running one.
-    zombies: BTreeMap<u32, Context>,
+    contexts: BTreeMap<u32, Context<B>>,
+    /// Destroyed contexts whose running job the backend has not given back
+    /// yet; they keep their buffers until it has, and their queued jobs,
+    /// doomed, to answer them after the running one.
+    zombies: BTreeMap<u32, Context<B>>,
     next_ctx: u32,
     bo_count: usize,
     bo_bytes: u64,
@@ -81,8 +84,6 @@ pub struct Device {
     jobs_in_flight: u32,
     completions: Vec<Completion>,
     events: VecDeque<Event>,
-    /// Context id after which the next pick starts (round robin).
-    last_pick: u32,
     /// Bytes of command streams copied out of guest memory.
     pub cmd_stats: Arc<MemStats>,
 }
@@ -91,11 +92,33 @@ fn resp(req_type: u32, ctx: u32, status: Status) -> Response {
     Response::error(req_type, ctx, status)
 }
 
-impl Device {
-    pub fn new(limits: Limits, driver: Arc<dyn NpuDriver>) -> Device {
+/// A context that is not lost, from the map alone (so the rest of the
+/// device can be borrowed beside it).
+fn live<B: Backend>(
+    contexts: &mut BTreeMap<u32, Context<B>>,
+    id: u32,
+) -> Result<&mut Context<B>, Status> {
+    let c = contexts
+        .get_mut(&id)
+        .ok_or(VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE)?;
+    if c.lost.is_some() {
+        return Err(VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST);
+    }
+    Ok(c)
+}
+
+impl<B: Backend> Device<B> {
+    pub fn new(
+        limits: Limits,
+        backend: Arc<B>,
+        mem: VmMemory,
+        metrics: Arc<VmMetrics>,
+    ) -> Device<B> {
         Device {
             limits,
-            driver,
+            backend,
+            mem,
+            metrics,
             features: 0,
             contexts: BTreeMap::new(),
             zombies: BTreeMap::new(),
@@ -106,7 +129,6 @@ impl Device {
             jobs_in_flight: 0,
             completions: Vec::new(),
             events: VecDeque::new(),
-            last_pick: 0,
             cmd_stats: Arc::new(MemStats::default()),
         }
     }
@@ -123,17 +145,54 @@ impl Device {
         self.features & (1 << bit) != 0
     }
 
-    /// Drops every object, cancelling jobs without answering them: used when
+    /// Drops every object, aborting jobs without answering them: used when
     /// the driver resets the device and its rings go away.
     pub fn reset(&mut self) {
-        self.contexts.clear();
-        self.zombies.clear();
+        self.abort_running();
+        let all: Vec<Context<B>> = std::mem::take(&mut self.contexts)
+            .into_values()
+            .chain(std::mem::take(&mut self.zombies).into_values())
+            .collect();
+        for c in all {
+            self.release_context(c);
+        }
         self.bo_count = 0;
         self.bo_bytes = 0;
         self.backing_entries = 0;
         self.jobs_in_flight = 0;
         self.completions.clear();
         self.events.clear();
+        self.publish_counts();
+    }
+
+    /// Asks the backend to stop every job it runs for this VM.
+    fn abort_running(&self) {
+        for c in self.contexts.values().chain(self.zombies.values()) {
+            if let Some(id) = c.running.as_ref().and_then(|j| j.id) {
+                self.backend.abort(id);
+            }
+        }
+    }
+
+    /// Gives a context's buffers and backend context back to the backend.
+    fn release_context(&self, c: Context<B>) {
+        for bo in c.bos.into_values() {
+            if let Some(a) = bo.attached {
+                self.backend.release(&c.hw, a.buffer);
+            }
+        }
+        self.backend.destroy_context(c.hw);
+    }
+
+    /// The VM's objects, for the metrics.
+    fn publish_counts(&self) {
+        self.metrics.set_objects(
+            self.contexts.len() as u64,
+            self.bo_count as u64,
+            self.bo_bytes,
+            self.jobs_in_flight.into(),
+            &self.limits,
+        );
     }
 
     pub fn counts(&self) -> Counts {
@@ -179,7 +238,7 @@ impl Device {
                 // VIRTIO_ACCEL_F_SHM_BLOB is never offered by this device.
                 Err(VIRTIO_ACCEL_RESP_ERR_UNSUPPORTED)
             }
-            Request::FencePoll(q) => return Outcome::Respond(self.fence_poll(&q)),
+            Request::FencePoll(q) => Ok(self.fence_poll(&q)),
             Request::Ioctl { req, payload } => self.ioctl(&req, &payload),
             Request::Submit {
                 req,
@@ -187,29 +246,28 @@ impl Device {
                 in_fences,
                 inline_cmd,
             } => match self.submit(&req, &bos, &in_fences, inline_cmd, mem, token) {
-                Ok(()) => return Outcome::Queued,
+                Ok(()) => {
+                    self.publish_counts();
+                    return Outcome::Queued;
+                }
                 Err(s) => Err(s),
             },
         };
-        Outcome::Respond(r.unwrap_or_else(|s| resp(t, ctx, s)))
+        let r = r.unwrap_or_else(|s| resp(t, ctx, s));
+        self.metrics.request(t, r.hdr().type_.get());
+        self.publish_counts();
+        Outcome::Respond(r)
     }
 
-    fn ctx_mut(&mut self, id: u32) -> Result<&mut Context, Status> {
-        let c = self
-            .contexts
-            .get_mut(&id)
-            .ok_or(VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE)?;
-        if c.lost.is_some() {
-            return Err(VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST);
-        }
-        Ok(c)
+    fn ctx_mut(&mut self, id: u32) -> Result<&mut Context<B>, Status> {
+        live(&mut self.contexts, id)
     }
 
     fn get_caps(&self, q: &GetCaps) -> Result<Response, Status> {
         if q.capset.get() != 0 {
             return Err(VIRTIO_ACCEL_RESP_ERR_OUT_OF_RANGE);
         }
-        let info = self.driver.info();
+        let info = self.backend.caps();
         let l = &self.limits;
         let mut name = [0u8; 32];
         for (d, s) in name.iter_mut().take(31).zip(info.name.bytes()) {
@@ -247,7 +305,11 @@ impl Device {
                 break id;
             }
         };
-        self.contexts.insert(id, Context::new(q.priority.get()));
+        let hw = self
+            .backend
+            .create_context(q.priority.get())
+            .map_err(|_| VIRTIO_ACCEL_RESP_ERR_NO_MEMORY)?;
+        self.contexts.insert(id, Context::new(q.priority.get(), hw));
         Ok(Response::NoData(Hdr::new(VIRTIO_ACCEL_RESP_OK, id)))
     }
 
@@ -264,45 +326,26 @@ impl Device {
             .fold(0u64, |a, b| a.saturating_add(b.entries()));
         self.backing_entries = self.backing_entries.saturating_sub(entries);
         self.bo_count = self.bo_count.saturating_sub(c.bos.len());
-        c.bos.clear();
         self.events.retain(|e| e.hdr.ctx_id.get() != id);
         for i in 0..c.queue.len() {
             c.doom(i, VIRTIO_ACCEL_RESP_ERR_CANCELED);
         }
         let completed = c.timeline.completed;
-        if c.running.is_some() {
-            // The running job still writes its buffers: it is answered
-            // first, then the queued ones (see `finish`).
+        if let Some(run) = &c.running {
+            // The running job is aborted. It may still write its buffers
+            // until the backend gives it back: it is answered then, and
+            // the queued ones after it (see `finish`).
+            if let Some(jid) = run.id {
+                self.backend.abort(jid);
+            }
             self.zombies.insert(id, c);
             self.resolve_waits(None);
         } else {
             self.answer_doomed(id, &mut c);
+            self.release_context(c);
             self.resolve_waits(Some((id, completed)));
         }
         Ok(Response::NoData(Hdr::new(VIRTIO_ACCEL_RESP_OK, id)))
-    }
-
-    fn fence_poll(&self, q: &FencePoll) -> Response {
-        let ctx = q.hdr.ctx_id.get();
-        let Some(c) = self.contexts.get(&ctx) else {
-            return resp(
-                VIRTIO_ACCEL_CMD_FENCE_POLL,
-                ctx,
-                VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE,
-            );
-        };
-        let completed = c.timeline.completed;
-        let status = if q.seqno.get() <= completed {
-            VIRTIO_ACCEL_RESP_OK
-        } else if c.lost.is_some() {
-            VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST
-        } else {
-            VIRTIO_ACCEL_RESP_ERR_BUSY
-        };
-        Response::Fence(RespFence {
-            hdr: Hdr::new(status, ctx),
-            completed: completed.into(),
-        })
     }
 
     fn ioctl(&mut self, q: &Ioctl, payload: &[u8]) -> Result<Response, Status> {
@@ -310,14 +353,14 @@ impl Device {
             return Err(VIRTIO_ACCEL_RESP_ERR_UNSUPPORTED);
         }
         let ctx = q.hdr.ctx_id.get();
-        let counters = self.ctx_mut(ctx)?.counters;
         let out_max = q.out_size.get() as usize;
+        let hw = &live(&mut self.contexts, ctx)?.hw;
         let out = self
-            .driver
-            .ioctl(q.cmd.get(), payload, out_max, &counters)
+            .backend
+            .ioctl(hw, q.cmd.get(), payload, out_max)
             .map_err(|e| match e {
-                crate::driver::IoctlError::Unsupported(_) => VIRTIO_ACCEL_RESP_ERR_UNSUPPORTED,
-                crate::driver::IoctlError::Invalid { .. } => VIRTIO_ACCEL_RESP_ERR_INVALID,
+                IoctlError::Unsupported(_) => VIRTIO_ACCEL_RESP_ERR_UNSUPPORTED,
+                IoctlError::Invalid { .. } => VIRTIO_ACCEL_RESP_ERR_INVALID,
             })?;
         if out.len() > out_max {
             return Err(VIRTIO_ACCEL_RESP_ERR_INVALID);
@@ -331,19 +374,12 @@ impl Device {
             payload: out,
         })
     }
+}
 
-    pub fn take_completions(&mut self) -> Vec<Completion> {
-        std::mem::take(&mut self.completions)
-    }
-
-    /// The next event for the eventq, if any.
-    pub fn pop_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// Puts back an event that found no eventq buffer.
-    pub fn unpop_event(&mut self, ev: Event) {
-        self.events.push_front(ev);
+impl<B: Backend> Drop for Device<B> {
+    /// A device that goes away (its VM disconnected) stops its jobs.
+    fn drop(&mut self) {
+        self.abort_running();
     }
 }
 

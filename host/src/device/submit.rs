@@ -2,16 +2,16 @@
 //! passed: no seqno is consumed, no buffer marked busy, no quota used.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::time::Instant;
 
 use virtio_accel_protocol::*;
 
 use super::context::Job;
 use super::{Device, Status};
-use crate::driver::DriverError;
+use crate::backend::{Backend, BackendError};
 use crate::memory::GuestMem;
 
-impl Device {
+impl<B: Backend> Device<B> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn submit(
         &mut self,
@@ -87,9 +87,9 @@ impl Device {
             if !seen.insert(h) {
                 return Err(VIRTIO_ACCEL_RESP_ERR_INVALID);
             }
-            let backing = bo.backing.clone().ok_or(VIRTIO_ACCEL_RESP_ERR_INVALID)?;
-            list.push((h, backing));
-            shapes.push((bo.size, b.access.get()));
+            let a = bo.attached.as_ref().ok_or(VIRTIO_ACCEL_RESP_ERR_INVALID)?;
+            list.push(h);
+            shapes.push((&a.buffer, b.access.get(), bo.size));
         }
         // Copy the command stream out of guest memory once; only the copy
         // is validated and run.
@@ -100,7 +100,11 @@ impl Device {
                 .bos
                 .get(&q.cmd_bo_handle.get())
                 .ok_or(VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE)?;
-            let backing = bo.backing.as_ref().ok_or(VIRTIO_ACCEL_RESP_ERR_INVALID)?;
+            let backing = &bo
+                .attached
+                .as_ref()
+                .ok_or(VIRTIO_ACCEL_RESP_ERR_INVALID)?
+                .backing;
             let (off, len) = (q.cmd_offset.get(), u64::from(q.cmd_size.get()));
             if off.checked_add(len).is_none_or(|end| end > bo.size) {
                 return Err(VIRTIO_ACCEL_RESP_ERR_OUT_OF_RANGE);
@@ -117,11 +121,14 @@ impl Device {
                 .map_err(|_| VIRTIO_ACCEL_RESP_ERR_OUT_OF_RANGE)?;
             buf
         };
-        let prepared = self.driver.prepare(&cmd, &shapes).map_err(|e| match e {
-            DriverError::OutOfRange(_) => VIRTIO_ACCEL_RESP_ERR_OUT_OF_RANGE,
-            DriverError::NoMemory => VIRTIO_ACCEL_RESP_ERR_NO_MEMORY,
-            _ => VIRTIO_ACCEL_RESP_ERR_INVALID,
-        })?;
+        let prepared = self
+            .backend
+            .prepare(&c.hw, &cmd, &shapes)
+            .map_err(|e| match e {
+                BackendError::OutOfRange(_) => VIRTIO_ACCEL_RESP_ERR_OUT_OF_RANGE,
+                BackendError::NoMemory(_) => VIRTIO_ACCEL_RESP_ERR_NO_MEMORY,
+                _ => VIRTIO_ACCEL_RESP_ERR_INVALID,
+            })?;
         if prepared.work_bytes > self.limits.max_job_memory {
             return Err(VIRTIO_ACCEL_RESP_ERR_QUOTA);
         }
@@ -138,16 +145,18 @@ impl Device {
         let job = Job {
             token,
             out_fence,
-            prepared: Arc::new(prepared),
+            prepared: Some(prepared.job),
             bos: list,
             in_fences: waits,
             doomed: None,
+            id: None,
+            queued_at: Instant::now(),
         };
         let c = self
             .contexts
             .get_mut(&ctx_id)
             .ok_or(VIRTIO_ACCEL_RESP_ERR_UNKNOWN_HANDLE)?;
-        for (h, _) in &job.bos {
+        for h in &job.bos {
             if let Some(bo) = c.bos.get_mut(h) {
                 bo.busy += 1;
             }

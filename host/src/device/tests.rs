@@ -1,19 +1,52 @@
 //! Unit tests of the device model, driven without threads or rings.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::driver::sim::{Faults, SimNpu};
-use crate::driver::{DriverError, ExecReport};
-use vm_memory::GuestAddress;
+use crate::backend::sim::{SimNpu, SimOptions, Tile};
+use crate::backend::JobId;
+use vm_memory::{GuestAddress, GuestMemoryAtomic};
+
+type Device = super::Device<SimNpu>;
 
 fn dev() -> (Device, GuestMem) {
-    let d = Device::new(Limits::default(), Arc::new(SimNpu::new(Faults::default())));
-    (
-        d,
-        GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
-    )
+    let npu = SimNpu::new(SimOptions {
+        faults: Default::default(),
+        engines: 1,
+        tile: Tile::SLICED,
+    })
+    .unwrap();
+    let m = GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let mem = VmMemory {
+        mem: GuestMemoryAtomic::new(m.clone()),
+        npu_stats: Arc::default(),
+    };
+    let d = Device::new(Limits::default(), Arc::new(npu), mem, VmMetrics::detached());
+    (d, m)
+}
+
+/// A running job, as the scheduler knows it.
+struct T {
+    ctx_id: u32,
+    id: JobId,
+}
+
+/// Starts the next job the way the scheduler would with one VM: highest
+/// priority, then lowest context id (the policy's tie-break).
+fn next_job(d: &mut Device) -> Option<T> {
+    static ID: AtomicU64 = AtomicU64::new(1);
+    let (ctx, _) = d
+        .runnable()
+        .into_iter()
+        .max_by_key(|&(c, p)| (p, std::cmp::Reverse(c)))?;
+    let id = ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    d.start(ctx, id).map(|_| T { ctx_id: ctx, id })
+}
+
+fn done() -> JobEnd {
+    JobEnd::Done { ops: 0 }
 }
 
 fn ok(o: Outcome) -> Response {
@@ -72,17 +105,13 @@ fn submit(d: &mut Device, m: &GuestMem, ctx: u32, fence: u64, waits: &[(u32, u64
 const DEVICE_BITS: u64 = (1 << VIRTIO_ACCEL_F_INLINE_CMD) | (1 << VIRTIO_ACCEL_F_CROSS_CTX_FENCE);
 
 fn run_next(d: &mut Device) -> u32 {
-    let t = d.next_job().expect("a runnable job");
-    d.finish(
-        t.ctx_id,
-        Ok(ExecReport { ops: 0 }),
-        Duration::from_micros(1),
-    );
+    let t = next_job(d).expect("a runnable job");
+    d.finish(t.ctx_id, t.id, done(), Duration::from_micros(1));
     t.ctx_id
 }
 
 #[test]
-fn higher_priority_context_runs_first_and_equal_ones_alternate() {
+fn every_ready_context_is_offered_once_with_its_priority() {
     let (mut d, m) = dev();
     let low = create(&mut d, &m, VIRTIO_ACCEL_PRIORITY_LOW);
     let a = create(&mut d, &m, VIRTIO_ACCEL_PRIORITY_NORMAL);
@@ -92,10 +121,29 @@ fn higher_priority_context_runs_first_and_equal_ones_alternate() {
         submit(&mut d, &m, a, f, &[], 0);
         submit(&mut d, &m, b, f, &[], 0);
     }
-    let order: Vec<u32> = (0..6).map(|_| run_next(&mut d)).collect();
+    let mut r = d.runnable();
+    r.sort();
+    let want = [
+        (low, VIRTIO_ACCEL_PRIORITY_LOW),
+        (a, VIRTIO_ACCEL_PRIORITY_NORMAL),
+        (b, VIRTIO_ACCEL_PRIORITY_NORMAL),
+    ];
+    assert_eq!(r, want);
+    // A context with a job on the NPU is not offered until it ends.
+    let t = next_job(&mut d).unwrap();
+    assert!(!d.runnable().iter().any(|&(c, _)| c == t.ctx_id));
+    assert!(
+        d.start(t.ctx_id, 999).is_none(),
+        "second job of a busy context"
+    );
+    let order: Vec<u32> = std::iter::once({
+        d.finish(t.ctx_id, t.id, done(), Duration::ZERO);
+        t.ctx_id
+    })
+    .chain((0..5).map(|_| run_next(&mut d)))
+    .collect();
     assert_eq!(&order[4..], &[low, low]);
-    assert_ne!(order[0], order[1], "equal priorities alternate");
-    assert!(d.next_job().is_none());
+    assert!(next_job(&mut d).is_none());
     assert_eq!(d.take_completions().len(), 6);
 }
 
@@ -105,10 +153,13 @@ fn a_context_runs_one_job_at_a_time_in_order() {
     let c = create(&mut d, &m, 1);
     submit(&mut d, &m, c, 1, &[], 10);
     submit(&mut d, &m, c, 2, &[], 11);
-    let t = d.next_job().unwrap();
-    assert!(d.next_job().is_none(), "second job must wait for the first");
-    d.finish(t.ctx_id, Ok(ExecReport::default()), Duration::ZERO);
-    assert!(d.next_job().is_some());
+    let t = next_job(&mut d).unwrap();
+    assert!(
+        next_job(&mut d).is_none(),
+        "second job must wait for the first"
+    );
+    d.finish(t.ctx_id, t.id, done(), Duration::ZERO);
+    assert!(next_job(&mut d).is_some());
 }
 
 #[test]
@@ -118,10 +169,10 @@ fn in_fence_on_another_context_blocks_until_signalled() {
     let b = create(&mut d, &m, 1);
     submit(&mut d, &m, a, 1, &[], 21);
     submit(&mut d, &m, b, 1, &[(a, 1)], 20);
-    let t = d.next_job().unwrap();
+    let t = next_job(&mut d).unwrap();
     assert_eq!(t.ctx_id, a);
-    assert!(d.next_job().is_none(), "A's fence 1 has not signalled");
-    d.finish(a, Ok(ExecReport::default()), Duration::ZERO);
+    assert!(next_job(&mut d).is_none(), "A's fence 1 has not signalled");
+    d.finish(a, t.id, done(), Duration::ZERO);
     assert_eq!(run_next(&mut d), b);
 }
 
@@ -132,9 +183,9 @@ fn dependency_on_a_lost_context_cancels_the_job() {
     let b = create(&mut d, &m, 1);
     submit(&mut d, &m, a, 1, &[], 1);
     submit(&mut d, &m, b, 1, &[(a, 1)], 2);
-    let t = d.next_job().unwrap();
-    d.finish(t.ctx_id, Err(DriverError::Hang), Duration::ZERO);
-    assert!(d.next_job().is_none());
+    let t = next_job(&mut d).unwrap();
+    d.finish(t.ctx_id, t.id, JobEnd::TimedOut, Duration::ZERO);
+    assert!(next_job(&mut d).is_none());
     let c = d.take_completions();
     let st: Vec<u32> = c.iter().map(|c| c.response.status()).collect();
     assert_eq!(
@@ -154,7 +205,7 @@ fn destroying_a_context_with_a_running_job_answers_it_later() {
     let (mut d, m) = dev();
     let c = create(&mut d, &m, 1);
     submit(&mut d, &m, c, 1, &[], 7);
-    let t = d.next_job().unwrap();
+    let t = next_job(&mut d).unwrap();
     ok(d.handle(
         VIRTIO_ACCEL_VQ_CONTROL,
         Request::CtxDestroy(Hdr::new(VIRTIO_ACCEL_CMD_CTX_DESTROY, c)),
@@ -163,7 +214,7 @@ fn destroying_a_context_with_a_running_job_answers_it_later() {
     ));
     assert_eq!(d.counts().contexts, 0);
     assert_eq!(d.counts().jobs, 1);
-    d.finish(t.ctx_id, Ok(ExecReport::default()), Duration::ZERO);
+    d.finish(t.ctx_id, t.id, done(), Duration::ZERO);
     let c = d.take_completions();
     assert_eq!((c.len(), c[0].token), (1, 7));
     assert_eq!(d.counts(), Counts::default());
@@ -182,18 +233,19 @@ fn a_lost_dependency_cancels_waiters_in_fence_order_and_chains_own_waits() {
     let v = create(&mut d, &m, 1);
     let w = create(&mut d, &m, 1);
     submit(&mut d, &m, v, 1, &[], 1);
-    let t = d.next_job().unwrap();
-    assert_eq!(t.ctx_id, v);
+    let tv = next_job(&mut d).unwrap();
+    assert_eq!(tv.ctx_id, v);
     // W: job 1 free, job 2 waits on V:1, job 3 waits on W's own fence 2.
     submit(&mut d, &m, w, 1, &[], 2);
     submit(&mut d, &m, w, 2, &[(v, 1)], 3);
     submit(&mut d, &m, w, 3, &[(w, 2)], 4);
-    assert_eq!(d.next_job().unwrap().ctx_id, w); // W:1 runs
-    d.finish(v, Err(DriverError::Hang), Duration::ZERO);
+    let tw = next_job(&mut d).unwrap();
+    assert_eq!(tw.ctx_id, w); // W:1 runs
+    d.finish(v, tv.id, JobEnd::TimedOut, Duration::ZERO);
     // V's job is answered; W:2 and W:3 can never run but W:1 still runs,
     // so they wait behind it.
     assert_eq!(statuses(&mut d), [(1, VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST)]);
-    d.finish(w, Ok(ExecReport::default()), Duration::from_micros(3));
+    d.finish(w, tw.id, done(), Duration::from_micros(3));
     assert_eq!(
         statuses(&mut d),
         [
@@ -202,7 +254,7 @@ fn a_lost_dependency_cancels_waiters_in_fence_order_and_chains_own_waits() {
             (4, VIRTIO_ACCEL_RESP_ERR_CANCELED)
         ]
     );
-    assert!(d.next_job().is_none());
+    assert!(next_job(&mut d).is_none());
     assert_eq!(d.counts().jobs, 0);
 }
 
@@ -212,7 +264,7 @@ fn a_destroyed_context_answers_its_running_job_first() {
     let c = create(&mut d, &m, 1);
     submit(&mut d, &m, c, 1, &[], 1);
     submit(&mut d, &m, c, 2, &[], 2);
-    let t = d.next_job().unwrap();
+    let t = next_job(&mut d).unwrap();
     ok(d.handle(
         VIRTIO_ACCEL_VQ_CONTROL,
         Request::CtxDestroy(Hdr::new(VIRTIO_ACCEL_CMD_CTX_DESTROY, c)),
@@ -220,11 +272,7 @@ fn a_destroyed_context_answers_its_running_job_first() {
         0,
     ));
     assert!(statuses(&mut d).is_empty(), "nothing answered before job 1");
-    d.finish(
-        t.ctx_id,
-        Ok(ExecReport::default()),
-        Duration::from_micros(1),
-    );
+    d.finish(t.ctx_id, t.id, done(), Duration::from_micros(1));
     assert_eq!(
         statuses(&mut d),
         [

@@ -1,0 +1,491 @@
+//! The NPU scheduler shared by every VM the daemon serves.
+//!
+//! One thread does it all, so the order of events is plain: it watches the
+//! backend's completion fd, gives each finished job to its VM's device
+//! model and wakes that VM's vring thread through its completion eventfd,
+//! enforces the job timeout, and asks [`policy`] which job runs next and
+//! which running slice to preempt. It never waits for a VM's lock and never
+//! touches a virtqueue; the vring threads never wait for a job.
+
+pub mod policy;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::backend::{Backend, Completion, JobId, Outcome};
+use crate::device::{Device, JobEnd};
+use crate::memory::VmMemory;
+use crate::metrics::{DaemonMetrics, VmMetrics};
+use policy::{Candidate, Policy, Running, VmKey};
+
+/// One VM as the scheduler sees it.
+pub struct VmSlot<B: Backend> {
+    pub device: Mutex<Device<B>>,
+    pub mem: VmMemory,
+    /// Written when the device model has completions for the vring thread.
+    pub completion: EventFd,
+    pub metrics: Arc<VmMetrics>,
+    weight: u32,
+    key: AtomicU64,
+}
+
+impl<B: Backend> VmSlot<B> {
+    pub fn new(
+        device: Device<B>,
+        mem: VmMemory,
+        weight: u32,
+        metrics: Arc<VmMetrics>,
+    ) -> std::io::Result<VmSlot<B>> {
+        Ok(VmSlot {
+            device: Mutex::new(device),
+            mem,
+            completion: EventFd::new(EFD_NONBLOCK)?,
+            metrics,
+            weight,
+            key: AtomicU64::new(0),
+        })
+    }
+}
+
+/// How long a VM whose lock was busy waits for the next try.
+const RETRY: Duration = Duration::from_micros(50);
+
+struct Inbox<B: Backend> {
+    vms: Vec<(VmKey, Weak<VmSlot<B>>, u32)>,
+    next_key: VmKey,
+    shutdown: bool,
+}
+
+pub struct Scheduler<B: Backend> {
+    backend: Arc<B>,
+    timeout: Duration,
+    quantum: Duration,
+    inbox: Mutex<Inbox<B>>,
+    kick: EventFd,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<DaemonMetrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A job the backend holds.
+struct Run<B: Backend> {
+    vm: Weak<VmSlot<B>>,
+    job: Candidate,
+    /// Device time of its finished slices.
+    device_ns: u64,
+    /// When its current slice began, while it has one.
+    slice: Option<Instant>,
+    preempting: bool,
+    /// Aborted for running past the job timeout.
+    timed_out: bool,
+}
+
+impl<B: Backend> Run<B> {
+    fn used(&self, now: Instant) -> Duration {
+        let cur = self
+            .slice
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        Duration::from_nanos(self.device_ns) + cur
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl<B: Backend> Scheduler<B> {
+    /// Starts the scheduler thread over `backend`: a job that has used
+    /// `timeout` of device time is aborted and its context lost; a VM more
+    /// than `quantum` ahead of a waiting one is preempted.
+    pub fn new(
+        backend: Arc<B>,
+        timeout: Duration,
+        quantum: Duration,
+        metrics: Arc<DaemonMetrics>,
+    ) -> std::io::Result<Arc<Scheduler<B>>> {
+        let s = Arc::new(Scheduler {
+            backend,
+            timeout,
+            quantum,
+            inbox: Mutex::new(Inbox {
+                vms: Vec::new(),
+                next_key: 1,
+                shutdown: false,
+            }),
+            kick: EventFd::new(EFD_NONBLOCK)?,
+            thread: Mutex::new(None),
+            metrics,
+        });
+        let s2 = s.clone();
+        let mut lp = Loop::new(s2)?;
+        let h = std::thread::Builder::new()
+            .name("npu-scheduler".into())
+            .spawn(move || lp.run())?;
+        *lock(&s.thread) = Some(h);
+        Ok(s)
+    }
+
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    pub fn add_vm(&self, vm: &Arc<VmSlot<B>>) {
+        let mut ib = lock(&self.inbox);
+        let key = ib.next_key;
+        ib.next_key += 1;
+        vm.key.store(key, Ordering::Relaxed);
+        ib.vms.push((key, Arc::downgrade(vm), vm.weight));
+        drop(ib);
+        self.kick();
+    }
+
+    /// Tells the scheduler there may be new work. Call without holding any
+    /// VM's device lock.
+    pub fn kick(&self) {
+        let _ = self.kick.write(1);
+    }
+
+    /// Stops the scheduler thread; jobs still on the backend are left to it.
+    pub fn shutdown(&self) {
+        lock(&self.inbox).shutdown = true;
+        self.kick();
+        if let Some(h) = lock(&self.thread).take() {
+            let _ = h.join();
+        }
+        self.backend.shutdown();
+    }
+}
+
+const EV_BACKEND: u64 = 0;
+const EV_KICK: u64 = 1;
+const EV_TIMER: u64 = 2;
+
+struct Loop<B: Backend> {
+    s: Arc<Scheduler<B>>,
+    epoll: Epoll,
+    timer: TimerFd,
+    policy: Policy,
+    vms: BTreeMap<VmKey, Weak<VmSlot<B>>>,
+    runs: HashMap<JobId, Run<B>>,
+    on_engine: usize,
+    engines: usize,
+    preemptible: bool,
+    next_id: JobId,
+    done: Vec<Completion>,
+    busy_since: Option<Instant>,
+}
+
+impl<B: Backend> Loop<B> {
+    fn new(s: Arc<Scheduler<B>>) -> std::io::Result<Loop<B>> {
+        let epoll = Epoll::new()?;
+        let timer = TimerFd::new()?;
+        for (fd, ev) in [
+            (s.backend.completion_fd(), EV_BACKEND),
+            (s.kick.as_raw_fd(), EV_KICK),
+            (timer.as_raw_fd(), EV_TIMER),
+        ] {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, ev))?;
+        }
+        let caps = s.backend.caps();
+        Ok(Loop {
+            policy: Policy::new(nanos(s.quantum)),
+            s,
+            epoll,
+            timer,
+            vms: BTreeMap::new(),
+            runs: HashMap::new(),
+            on_engine: 0,
+            engines: caps.engines.max(1),
+            preemptible: caps.preemptible,
+            next_id: 1,
+            done: Vec::new(),
+            busy_since: None,
+        })
+    }
+
+    fn run(&mut self) {
+        let mut events = vec![EpollEvent::default(); 4];
+        loop {
+            {
+                let mut ib = lock(&self.s.inbox);
+                if ib.shutdown {
+                    return;
+                }
+                for (key, vm, weight) in ib.vms.drain(..) {
+                    self.policy.add_vm(key, weight);
+                    self.vms.insert(key, vm);
+                }
+            }
+            let wake = self.cycle();
+            let armed = match wake {
+                Some(d) => self.timer.reset(d.max(Duration::from_micros(1)), None),
+                None => self.timer.clear(),
+            };
+            if let Err(e) = armed {
+                tracing::warn!("scheduler timer: {e}");
+            }
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                Err(e) => {
+                    tracing::error!("scheduler epoll: {e}");
+                    std::thread::sleep(Duration::from_millis(1));
+                    0
+                }
+            };
+            for ev in events.iter().take(n) {
+                match ev.data() {
+                    EV_KICK => {
+                        let _ = self.s.kick.read();
+                    }
+                    EV_TIMER => {
+                        let _ = self.timer.wait();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Handles what happened and starts what can start; returns when to
+    /// look again if nothing wakes the thread before.
+    fn cycle(&mut self) -> Option<Duration> {
+        self.completions();
+        self.watchdog();
+        let retry = self.dispatch();
+        // Again, for the jobs just started.
+        let mut wake = self.watchdog();
+        if retry {
+            wake = Some(wake.map_or(RETRY, |w| w.min(RETRY)));
+        }
+        self.utilisation();
+        wake
+    }
+
+    fn utilisation(&mut self) {
+        let now = Instant::now();
+        if let Some(t) = self.busy_since.take() {
+            self.s
+                .metrics
+                .add_busy(nanos(now.saturating_duration_since(t)), self.engines);
+        }
+        // Engine-time accrues while slices run; counted per cycle.
+        if self.on_engine > 0 {
+            self.busy_since = Some(now);
+            self.s.metrics.set_on_engine(self.on_engine);
+        } else {
+            self.s.metrics.set_on_engine(0);
+        }
+    }
+
+    fn completions(&mut self) {
+        self.done.clear();
+        self.s.backend.take_completions(&mut self.done);
+        let done = std::mem::take(&mut self.done);
+        for c in &done {
+            let Some(run) = self.runs.get_mut(&c.job) else {
+                continue;
+            };
+            let ns = nanos(c.device_time);
+            if run.slice.take().is_some() {
+                self.on_engine = self.on_engine.saturating_sub(1);
+            }
+            run.device_ns = run.device_ns.saturating_add(ns);
+            run.preempting = false;
+            self.policy.stopped(run.job, ns);
+            let vm = run.vm.upgrade();
+            if let Some(vm) = &vm {
+                vm.metrics.add_device_time(ns);
+            }
+            if c.outcome == Outcome::Yielded {
+                continue;
+            }
+            let Some(run) = self.runs.remove(&c.job) else {
+                continue;
+            };
+            let Some(vm) = vm else {
+                continue;
+            };
+            let end = match &c.outcome {
+                Outcome::Done { ops } => JobEnd::Done { ops: *ops },
+                Outcome::Failed(why) => JobEnd::Failed(why.clone()),
+                Outcome::NoMemory => JobEnd::NoMemory,
+                Outcome::Aborted if run.timed_out => JobEnd::TimedOut,
+                Outcome::Aborted | Outcome::Yielded => JobEnd::Aborted,
+                Outcome::Lost { reason, why } => JobEnd::Lost(*reason, why.clone()),
+            };
+            // A panic in the device model poisons only this VM's lock.
+            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let Ok(mut d) = vm.device.lock() {
+                    d.finish(run.job.ctx, c.job, end, Duration::from_nanos(run.device_ns));
+                }
+            }));
+            if delivered.is_err() {
+                tracing::error!("panic finishing a job; the VM is no longer served");
+            }
+            let _ = vm.completion.write(1);
+        }
+        self.done = done;
+    }
+
+    /// Aborts jobs past the timeout; returns when the next one would be.
+    fn watchdog(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next: Option<Duration> = None;
+        for (&id, run) in self.runs.iter_mut() {
+            if run.timed_out {
+                continue;
+            }
+            let used = run.used(now);
+            if used >= self.s.timeout {
+                tracing::debug!(ctx = run.job.ctx, "job ran past the job timeout");
+                run.timed_out = true;
+                self.s.backend.abort(id);
+            } else if run.slice.is_some() {
+                let left = self.s.timeout - used;
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+        next
+    }
+
+    /// Starts and preempts jobs by the policy. True if a VM's lock was busy
+    /// and it should be tried again soon.
+    fn dispatch(&mut self) -> bool {
+        let mut retry = false;
+        // Work that could run: yielded jobs, and the next job of every
+        // context with one ready.
+        let mut cands: Vec<(Candidate, Option<JobId>)> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.slice.is_none() && !r.timed_out)
+            .map(|(&id, r)| (r.job, Some(id)))
+            .collect();
+        let mut gone = Vec::new();
+        for (&key, w) in &self.vms {
+            let Some(vm) = w.upgrade() else {
+                gone.push(key);
+                continue;
+            };
+            let ready = match vm.device.try_lock() {
+                Ok(d) => d.runnable(),
+                Err(TryLockError::WouldBlock) => {
+                    retry = true;
+                    continue;
+                }
+                Err(TryLockError::Poisoned(_)) => continue,
+            };
+            cands.extend(ready.into_iter().map(|(ctx, priority)| {
+                let c = Candidate {
+                    vm: key,
+                    ctx,
+                    priority,
+                };
+                (c, None)
+            }));
+        }
+        for key in gone {
+            self.vms.remove(&key);
+            self.policy.remove_vm(key);
+        }
+        while self.on_engine < self.engines && !cands.is_empty() {
+            let list: Vec<Candidate> = cands.iter().map(|c| c.0).collect();
+            let Some(i) = self.policy.pick(&list) else {
+                break;
+            };
+            let (c, id) = cands.swap_remove(i);
+            let started = match id {
+                Some(id) => {
+                    self.s.backend.resume(id);
+                    if let Some(r) = self.runs.get_mut(&id) {
+                        r.slice = Some(Instant::now());
+                    }
+                    true
+                }
+                None => self.start(c),
+            };
+            if started {
+                self.on_engine += 1;
+            } else {
+                // Counted in flight by `pick`; nothing ran.
+                self.policy.stopped(c, 0);
+                retry = true;
+            }
+        }
+        if self.preemptible && !cands.is_empty() && self.on_engine >= self.engines {
+            self.preempt(&cands);
+            retry = true;
+        }
+        retry
+    }
+
+    /// Takes the next job of a context from its VM and submits it.
+    fn start(&mut self, c: Candidate) -> bool {
+        let Some(vm) = self.vms.get(&c.vm).and_then(Weak::upgrade) else {
+            return false;
+        };
+        let id = self.next_id;
+        let job = match vm.device.try_lock() {
+            Ok(mut d) => d.start(c.ctx, id),
+            Err(_) => None,
+        };
+        let Some(job) = job else {
+            return false;
+        };
+        self.next_id += 1;
+        let now = Instant::now();
+        self.runs.insert(
+            id,
+            Run {
+                vm: Arc::downgrade(&vm),
+                job: c,
+                device_ns: 0,
+                slice: Some(now),
+                preempting: false,
+                timed_out: false,
+            },
+        );
+        self.s.backend.submit(id, job);
+        true
+    }
+
+    fn preempt(&mut self, cands: &[(Candidate, Option<JobId>)]) {
+        let now = Instant::now();
+        let running: Vec<(JobId, Running)> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| !r.preempting && !r.timed_out)
+            .filter_map(|(&id, r)| {
+                let s = r.slice?;
+                Some((
+                    id,
+                    Running {
+                        job: r.job,
+                        elapsed_ns: nanos(now.saturating_duration_since(s)),
+                    },
+                ))
+            })
+            .collect();
+        let list: Vec<Running> = running.iter().map(|r| r.1).collect();
+        let waiting: Vec<Candidate> = cands.iter().map(|c| c.0).collect();
+        if let Some(i) = self.policy.preempt(&list, &waiting) {
+            if let Some(&(id, _)) = running.get(i) {
+                if let Some(r) = self.runs.get_mut(&id) {
+                    r.preempting = true;
+                }
+                self.s.backend.preempt(id);
+            }
+        }
+    }
+}

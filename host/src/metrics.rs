@@ -52,6 +52,7 @@ pub struct DaemonMetrics {
     bo_bytes: Family<VmLabel, Gauge>,
     bo_bytes_quota: Family<VmLabel, Gauge>,
     bos_quota: Family<VmLabel, Gauge>,
+    weight: Family<VmLabel, Gauge>,
     requests: Family<RequestLabel, Counter>,
     busy_seconds: Seconds,
     engines: Gauge,
@@ -65,8 +66,7 @@ fn latency_histogram() -> Histogram {
 
 impl DaemonMetrics {
     pub fn new(engines: usize) -> Arc<DaemonMetrics> {
-        let mut registry = Registry::with_prefix("vaccel");
-        let m = DaemonMetrics {
+        let mut m = DaemonMetrics {
             jobs: Family::default(),
             device_seconds: Family::default(),
             queue_depth: Family::default(),
@@ -76,13 +76,14 @@ impl DaemonMetrics {
             bo_bytes: Family::default(),
             bo_bytes_quota: Family::default(),
             bos_quota: Family::default(),
+            weight: Family::default(),
             requests: Family::default(),
             busy_seconds: Seconds::default(),
             engines: Gauge::default(),
             on_engine: Gauge::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("vaccel"),
         };
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register("jobs", "Jobs answered, by outcome", m.jobs.clone());
         r.register(
             "device_seconds",
@@ -113,6 +114,11 @@ impl DaemonMetrics {
         );
         r.register("bos_quota", "The VM's max_bos", m.bos_quota.clone());
         r.register(
+            "weight",
+            "The VM's share of NPU time, against the others'",
+            m.weight.clone(),
+        );
+        r.register(
             "requests",
             "Requests answered, by type and status",
             m.requests.clone(),
@@ -129,15 +135,20 @@ impl DaemonMetrics {
             m.on_engine.clone(),
         );
         m.engines.set(engines as i64);
-        Arc::new(DaemonMetrics { registry, ..m })
+        Arc::new(m)
     }
 
-    /// The metrics of one VM.
-    pub fn vm(self: &Arc<Self>, name: &str) -> Arc<VmMetrics> {
-        Arc::new(VmMetrics {
+    /// The metrics of one VM. Its gauges exist from now on, at zero, so a
+    /// VM that has done nothing yet is seen as such.
+    pub fn vm(self: &Arc<Self>, name: &str, weight: u32, limits: &Limits) -> Arc<VmMetrics> {
+        let m = Arc::new(VmMetrics {
             name: name.to_owned(),
             daemon: self.clone(),
-        })
+        });
+        self.weight.get_or_create(&m.label()).set(weight.into());
+        m.set_objects(0, 0, 0, 0, limits);
+        let _ = m.daemon.device_seconds.get_or_create(&m.label());
+        m
     }
 
     /// The exposition, in the Prometheus / OpenMetrics text format.
@@ -149,7 +160,7 @@ impl DaemonMetrics {
         s
     }
 
-    pub(crate) fn add_busy(&self, ns: u64, _engines: usize) {
+    pub(crate) fn add_busy(&self, ns: u64) {
         let _ = self.busy_seconds.inc_by(ns as f64 * 1e-9);
     }
 
@@ -177,7 +188,7 @@ fn outcome(status: u32) -> &'static str {
 impl VmMetrics {
     /// Metrics that go nowhere (tests, fuzzing).
     pub fn detached() -> Arc<VmMetrics> {
-        DaemonMetrics::new(0).vm("detached")
+        DaemonMetrics::new(0).vm("detached", 1, &Limits::default())
     }
 
     fn label(&self) -> VmLabel {

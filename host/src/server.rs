@@ -106,7 +106,7 @@ impl<B: Backend> Server<B> {
             self.sched.clone(),
             mem.clone(),
             vm.weight,
-            self.metrics.vm(&vm.label()),
+            self.metrics.vm(&vm.label(), vm.weight, &self.config.limits),
         )
         .map_err(ServeError::Backend)?;
         let mut daemon = VhostUserDaemon::new("vhost-device-accel".into(), backend.clone(), mem)

@@ -140,3 +140,90 @@ fn bad_config_file_is_refused_with_a_message() {
         assert!(err.contains(want), "{text:?}: {err}");
     }
 }
+
+/// A free TCP port on the loopback (a race with other processes is
+/// possible but harmless here: the daemon would refuse to start).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get_metrics(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn vms_with_weights_and_names_from_config_and_cli_with_metrics() {
+    let d = tmp("vms");
+    let a = d.join("a.sock");
+    let b = d.join("b.sock");
+    let cfg_path = d.join("accel.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[[vm]]\nsocket = \"{}\"\nname = \"tenant-a\"\nweight = 3\n",
+            a.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    /// Kills the daemon if the test fails before it is terminated.
+    struct Guard(Option<Child>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+            }
+        }
+    }
+    let mut child = Guard(Some(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg_path)
+            .arg("--vm")
+            .arg(format!("socket={},weight=1,name=tenant-b", b.display()))
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_socket(&a);
+    wait_socket(&b);
+    read_config(&a);
+    read_config(&b);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        match get_metrics(port) {
+            Some(t) if t.contains("tenant-b") => break t,
+            _ => assert!(Instant::now() < deadline, "no metrics on port {port}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("vaccel_contexts{vm=\"tenant-b\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("vaccel_engines"), "{text}");
+    // The weights as configured, from the file and from the command line.
+    assert!(text.contains("vaccel_weight{vm=\"tenant-a\"} 3"), "{text}");
+    assert!(text.contains("vaccel_weight{vm=\"tenant-b\"} 1"), "{text}");
+    assert!(terminate(child.0.take().unwrap()).success());
+    // A weight outside 1..=10000 is refused with a message.
+    let out = Command::new(BIN)
+        .arg("--vm")
+        .arg(format!("socket={},weight=0", d.join("c.sock").display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("weight must be 1 to 10000"), "{err}");
+}

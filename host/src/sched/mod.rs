@@ -183,7 +183,6 @@ struct Loop<B: Backend> {
     preemptible: bool,
     next_id: JobId,
     done: Vec<Completion>,
-    busy_since: Option<Instant>,
 }
 
 impl<B: Backend> Loop<B> {
@@ -210,7 +209,6 @@ impl<B: Backend> Loop<B> {
             preemptible: caps.preemptible,
             next_id: 1,
             done: Vec::new(),
-            busy_since: None,
         })
     }
 
@@ -273,20 +271,10 @@ impl<B: Backend> Loop<B> {
         wake
     }
 
-    fn utilisation(&mut self) {
-        let now = Instant::now();
-        if let Some(t) = self.busy_since.take() {
-            self.s
-                .metrics
-                .add_busy(nanos(now.saturating_duration_since(t)), self.engines);
-        }
-        // Engine-time accrues while slices run; counted per cycle.
-        if self.on_engine > 0 {
-            self.busy_since = Some(now);
-            self.s.metrics.set_on_engine(self.on_engine);
-        } else {
-            self.s.metrics.set_on_engine(0);
-        }
+    /// Engines in use, for the metrics; their busy time is the sum of the
+    /// slices' device time (see `completions`).
+    fn utilisation(&self) {
+        self.s.metrics.set_on_engine(self.on_engine);
     }
 
     fn completions(&mut self) {
@@ -298,6 +286,7 @@ impl<B: Backend> Loop<B> {
                 continue;
             };
             let ns = nanos(c.device_time);
+            self.s.metrics.add_busy(ns);
             if run.slice.take().is_some() {
                 self.on_engine = self.on_engine.saturating_sub(1);
             }

@@ -224,6 +224,14 @@ impl VmMetrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// NPU time the VM's jobs used so far.
+    pub fn device_seconds(&self) -> f64 {
+        self.daemon
+            .device_seconds
+            .get_or_create(&self.label())
+            .get()
+    }
+
     pub(crate) fn add_device_time(&self, ns: u64) {
         let _ = self
             .daemon

@@ -37,13 +37,15 @@ pub enum ServeError {
 }
 
 /// What one connected VM holds right now.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct VmStats {
     pub counts: Counts,
     pub parked_chains: usize,
     pub npu_bytes_read: u64,
     pub npu_bytes_written: u64,
     pub cmd_bytes_copied: u64,
+    /// NPU time the VM's jobs used.
+    pub device_seconds: f64,
 }
 
 /// The daemon: a shared NPU scheduler and the VMs attached to it.
@@ -180,6 +182,7 @@ impl<B: Backend> Server<B> {
                     npu_bytes_read: vm.mem.npu_stats.npu_read.load(Ordering::Relaxed),
                     npu_bytes_written: vm.mem.npu_stats.npu_written.load(Ordering::Relaxed),
                     cmd_bytes_copied: dev.cmd_stats.npu_read.load(Ordering::Relaxed),
+                    device_seconds: vm.metrics.device_seconds(),
                 };
                 Some((p, s))
             })

@@ -51,7 +51,13 @@ pub(super) struct Engine {
     done: Mutex<Vec<Completion>>,
     fd: EventFd,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Frees the working memory of jobs that ended, off the engines: giving
+    /// back tens of MiB takes milliseconds the next job should not wait.
+    reaper: Mutex<Option<std::sync::mpsc::Sender<SimJob>>>,
 }
+
+/// Jobs holding less than this are freed on the engine.
+const REAP_BYTES: u64 = 1 << 20;
 
 /// The engine's state is a table of jobs, consistent at every point a
 /// panic could leave it; a poisoned lock is used as it is.
@@ -67,8 +73,16 @@ impl Engine {
             done: Mutex::new(Vec::new()),
             fd: EventFd::new(EFD_NONBLOCK)?,
             workers: Mutex::new(Vec::new()),
+            reaper: Mutex::new(None),
         });
-        let mut handles = Vec::with_capacity(engines);
+        let (tx, rx) = std::sync::mpsc::channel::<SimJob>();
+        let mut handles = Vec::with_capacity(engines + 1);
+        handles.push(
+            std::thread::Builder::new()
+                .name("snpu-reaper".into())
+                .spawn(move || rx.iter().for_each(drop))?,
+        );
+        *lock(&e.reaper) = Some(tx);
         for i in 0..engines {
             let e2 = e.clone();
             handles.push(
@@ -183,15 +197,29 @@ impl Engine {
             State::Hung { since: Some(s) } => s.elapsed(),
             _ => Duration::ZERO,
         };
-        t.slots.remove(&id);
+        let slot = t.slots.remove(&id);
         t.queue.retain(|&q| q != id);
         drop(t);
         self.complete(id, Outcome::Aborted, used);
+        if let Some(job) = slot.and_then(|s| s.job) {
+            self.reap(job);
+        }
+    }
+
+    /// Frees a job that ended; a large one on the reaper thread.
+    fn reap(&self, job: SimJob) {
+        if job.work_bytes >= REAP_BYTES {
+            if let Some(tx) = lock(&self.reaper).as_ref() {
+                let _ = tx.send(job);
+            }
+        }
     }
 
     pub(super) fn shutdown(&self) {
         lock(&self.table).shutdown = true;
         self.work.notify_all();
+        // The reaper ends when its channel closes.
+        lock(&self.reaper).take();
         for h in lock(&self.workers).drain(..) {
             let _ = h.join();
         }
@@ -263,6 +291,7 @@ impl Engine {
             t.slots.remove(&id);
             drop(t);
             self.complete(id, outcome, used);
+            self.reap(job);
         }
     }
 }

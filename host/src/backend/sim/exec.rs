@@ -16,7 +16,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, ArrayView2, ArrayViewMut2};
 use virtio_accel_protocol::snpu::{DType, OpDesc, Program, Quant, TensorDesc};
 
-use super::io::{self, alloc, collapsed, Conv};
+use super::io::{self, collapsed, reserve, Conv};
 use super::ExecError;
 use crate::memory::BoMem;
 
@@ -112,10 +112,18 @@ impl Exec {
 enum Phase {
     /// Gathering input `i`.
     Gather(usize),
+    /// Zeroing the result arrays, then going on to the phase given.
+    Zero(Next),
     /// Conv2d's patch matrix.
     Prepare,
     Compute,
     Store,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Prepare,
+    Compute,
 }
 
 /// One op in progress.
@@ -133,6 +141,8 @@ struct OpRun {
     acc: Vec<i32>,
     /// CONV2D's patch matrix: one row per output pixel.
     patches: Vec<f32>,
+    /// Lengths `out`, `acc` and `patches` are zeroed to.
+    lens: [usize; 3],
 }
 
 fn conv_of(t: &TensorDesc) -> Conv {
@@ -201,6 +211,7 @@ impl OpRun {
             out: Vec::new(),
             acc: Vec::new(),
             patches: Vec::new(),
+            lens: [0; 3],
         }
     }
 
@@ -224,13 +235,14 @@ impl OpRun {
                 };
                 let total = t.elems();
                 if self.pos == 0 {
-                    self.arrays.push(alloc(total)?);
+                    self.arrays.push(reserve(total)?);
                 }
                 let n = chunk(self.pos, total, tile.elems);
-                let dst = self
-                    .arrays
-                    .get_mut(i)
-                    .and_then(|a| a.get_mut(range(self.pos, n)))
+                let a = self.arrays.get_mut(i).ok_or_else(|| failed("gather"))?;
+                // Within the reserved room: no reallocation.
+                a.resize((self.pos + n) as usize, 0.0);
+                let dst = a
+                    .get_mut(range(self.pos, n))
                     .ok_or_else(|| failed("gather"))?;
                 io::gather(bos, &t, conv, self.pos, dst, staging)?;
                 self.pos += n;
@@ -239,38 +251,63 @@ impl OpRun {
                 }
                 Ok(false)
             }
+            Phase::Zero(next) => {
+                let max = usize::try_from(tile.elems).unwrap_or(usize::MAX);
+                let [lo, la, lp] = self.lens;
+                let (v, len): (&mut dyn Grow, usize) = if self.patches.len() < lp {
+                    (&mut self.patches, lp)
+                } else if self.out.len() < lo {
+                    (&mut self.out, lo)
+                } else if self.acc.len() < la {
+                    (&mut self.acc, la)
+                } else {
+                    self.next_phase(match next {
+                        Next::Prepare => Phase::Prepare,
+                        Next::Compute => Phase::Compute,
+                    });
+                    return Ok(false);
+                };
+                v.grow_to(len.min(v.filled().saturating_add(max)));
+                Ok(false)
+            }
             Phase::Prepare => {
                 self.im2col(tile)?;
                 Ok(false)
             }
-            Phase::Compute => self.compute(bos, tile),
+            Phase::Compute => self.compute(bos, tile, staging),
             Phase::Store => self.store(bos, tile, staging),
         }
     }
 
-    /// Inputs are in: reserve the output arrays and plan the tiles.
+    /// Inputs are in: reserve the result arrays (zeroed in the next
+    /// phase, a tile at a time) and plan the tiles.
     fn start_compute(&mut self, tile: &Tile) -> Result<(), ExecError> {
+        let mut next = Next::Compute;
+        let (mut lo, mut la, mut lp) = (0u64, 0u64, 0u64);
         match self.op {
-            OpDesc::Add { out, .. } | OpDesc::Mul { out, .. } => {
-                self.out = alloc(out.elems())?;
-            }
+            OpDesc::Add { out, .. } | OpDesc::Mul { out, .. } => lo = out.elems(),
             OpDesc::MatMul { a, b, quant, .. } => {
                 let (m, k, n) = (a.dims[0] as usize, a.dims[1] as usize, b.dims[1] as usize);
-                self.out = alloc((m as u64).saturating_mul(n as u64))?;
+                lo = (m as u64).saturating_mul(n as u64);
                 if quant.is_some() {
-                    self.acc = alloc((m as u64).saturating_mul(n as u64))?;
+                    la = lo;
                 }
                 self.gemm = Some(Gemm::plan(m, k, n, tile, quant));
             }
             OpDesc::Conv2d { filter, out, .. } => {
                 let (rows, cols) = conv_rows_cols(&filter, &out);
-                self.patches = alloc((rows as u64).saturating_mul(cols as u64))?;
-                self.next_phase(Phase::Prepare);
-                return Ok(());
+                lp = (rows as u64).saturating_mul(cols as u64);
+                lo = out.elems();
+                next = Next::Prepare;
             }
             _ => {}
         }
-        self.next_phase(Phase::Compute);
+        self.patches = reserve(lp)?;
+        self.out = reserve(lo)?;
+        self.acc = reserve(la)?;
+        let us = |v: u64| usize::try_from(v).map_err(|_| ExecError::NoMemory);
+        self.lens = [us(lo)?, us(la)?, us(lp)?];
+        self.next_phase(Phase::Zero(next));
         Ok(())
     }
 
@@ -325,20 +362,24 @@ impl OpRun {
             if let Some(x) = self.arrays.first_mut() {
                 *x = Vec::new();
             }
-            self.out = alloc((rows as u64).saturating_mul(oc as u64))?;
             self.gemm = Some(Gemm::plan(rows, cols, oc, tile, None));
             self.next_phase(Phase::Compute);
         }
         Ok(())
     }
 
-    fn compute(&mut self, bos: &[BoMem<'_>], tile: &Tile) -> Result<bool, ExecError> {
+    fn compute(
+        &mut self,
+        bos: &[BoMem<'_>],
+        tile: &Tile,
+        staging: &mut [u8],
+    ) -> Result<bool, ExecError> {
         match self.op {
             OpDesc::Nop => return Ok(true),
             OpDesc::Copy { src, dst } => {
                 let total = src.elems();
                 let n = chunk(self.pos, total, tile.elems);
-                io::copy(bos, &src, &dst, self.pos, n)?;
+                io::copy(bos, &src, &dst, self.pos, n, staging)?;
                 self.pos += n;
                 return Ok(self.pos == total);
             }
@@ -512,6 +553,22 @@ impl OpRun {
         }
         self.pos += n;
         Ok(self.pos == total)
+    }
+}
+
+/// A result array being zeroed up to its length.
+trait Grow {
+    fn filled(&self) -> usize;
+    fn grow_to(&mut self, len: usize);
+}
+
+impl<T: Clone + Default> Grow for Vec<T> {
+    fn filled(&self) -> usize {
+        self.len()
+    }
+    /// Within the reserved room: no reallocation.
+    fn grow_to(&mut self, len: usize) {
+        self.resize(len, T::default());
     }
 }
 
@@ -942,6 +999,15 @@ mod tests {
                 input: t(8, DType::F32, &[m, n]),
                 out: t(8, DType::F32, &[m, n]),
             },
+            // A broadcast source: each of 1600 input values 32 times.
+            OpDesc::Copy {
+                src: {
+                    let mut c = t(3, DType::F32, &[1600, 32]);
+                    c.strides = [1, 0, 0, 0];
+                    c
+                },
+                dst: t(7, DType::F32, &[1600, 32]),
+            },
         ];
         let init = vec![
             f(&ints(m * k, 1)),
@@ -963,6 +1029,7 @@ mod tests {
         let (sliced, calls) = run_all(&ops, &init, small, true);
         assert!(calls > 100, "{calls} steps: the ops were not sliced");
         assert!(whole[2].iter().any(|&b| b != 0), "matmul wrote nothing");
+        assert_eq!(unf(&whole[7])[32..64], [unf(&init[3])[1]; 32]);
         assert_eq!(whole, sliced);
     }
 

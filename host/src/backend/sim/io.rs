@@ -20,6 +20,15 @@ pub(super) fn alloc<T: Clone + Default>(n: u64) -> Result<Vec<T>, ExecError> {
     Ok(v)
 }
 
+/// Room for `n` elements, none of them there yet, or `NoMemory`. The pages
+/// are touched as the array is filled, a step at a time, not here.
+pub(super) fn reserve<T>(n: u64) -> Result<Vec<T>, ExecError> {
+    let n = usize::try_from(n).map_err(|_| ExecError::NoMemory)?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| ExecError::NoMemory)?;
+    Ok(v)
+}
+
 /// The staging buffer every gather and store goes through.
 pub(super) fn staging() -> Result<Vec<u8>, ExecError> {
     alloc(SNPU_STAGING_BYTES)
@@ -42,15 +51,23 @@ pub(super) fn collapsed(t: &TensorDesc) -> TensorDesc {
     c
 }
 
+/// A run of elements: `n` elements adjacent in memory from `off`, or, if
+/// `repeat`, the one element at `off` seen `n` times (a broadcast axis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Run {
+    pub off: u64,
+    pub n: usize,
+    pub repeat: bool,
+}
+
 /// Visits elements `[start, start + count)` of `t`, in row-major order, as
-/// runs: `f(byte_offset, n)` for each run of `n` elements adjacent in
-/// memory. Offsets are computed with checked arithmetic: a validated tensor
-/// never overflows, anything else fails the job.
+/// [`Run`]s. Offsets are computed with checked arithmetic: a validated
+/// tensor never overflows, anything else fails the job.
 pub(super) fn for_runs(
     t: &TensorDesc,
     start: u64,
     count: u64,
-    mut f: impl FnMut(u64, usize) -> Result<(), ExecError>,
+    mut f: impl FnMut(Run) -> Result<(), ExecError>,
 ) -> Result<(), ExecError> {
     let overflow = || ExecError::OutOfRange("tensor offset overflows".into());
     let r = t.rank;
@@ -67,11 +84,16 @@ pub(super) fn for_runs(
     if t.is_dense() {
         // One contiguous byte range.
         let n = usize::try_from(count).map_err(|_| overflow())?;
-        return f(elem_at(start)?, n);
+        return f(Run {
+            off: elem_at(start)?,
+            n,
+            repeat: false,
+        });
     }
     let inner = u64::from(t.dims[r - 1]);
     let step = u64::from(t.strides[r - 1]);
     let contiguous = step == 1 || inner == 1;
+    let repeat = step == 0 && inner > 1;
     let mut e = start;
     while e < end {
         let (row, col) = (e / inner, e % inner);
@@ -87,13 +109,21 @@ pub(super) fn for_runs(
             rem /= d;
         }
         let n = (inner - col).min(end - e);
-        if contiguous {
+        if contiguous || repeat {
             let at = col.checked_mul(step).and_then(|v| v.checked_add(base));
-            f(elem_at(at.ok_or_else(overflow)?)?, n as usize)?;
+            f(Run {
+                off: elem_at(at.ok_or_else(overflow)?)?,
+                n: n as usize,
+                repeat,
+            })?;
         } else {
             for j in col..col + n {
                 let at = j.checked_mul(step).and_then(|v| v.checked_add(base));
-                f(elem_at(at.ok_or_else(overflow)?)?, 1)?;
+                f(Run {
+                    off: elem_at(at.ok_or_else(overflow)?)?,
+                    n: 1,
+                    repeat: false,
+                })?;
             }
         }
         e += n;
@@ -133,7 +163,19 @@ pub(super) fn gather(
     let es = t.dtype.size() as usize;
     let per = (staging.len() / es).max(1);
     let mut at = 0usize;
-    for_runs(t, start, out.len() as u64, |off, n| {
+    for_runs(t, start, out.len() as u64, |Run { off, n, repeat }| {
+        if repeat {
+            let buf = staging
+                .get_mut(..es)
+                .ok_or_else(|| ExecError::Failed("staging buffer too small".into()))?;
+            m.read(off, buf).map_err(mem_err)?;
+            let v = conv.apply(buf);
+            out.get_mut(at..at + n)
+                .ok_or_else(|| ExecError::Failed("gather past its array".into()))?
+                .fill(v);
+            at += n;
+            return Ok(());
+        }
         let mut done = 0usize;
         while done < n {
             let k = per.min(n - done);
@@ -193,6 +235,7 @@ pub(super) fn copy(
     dst: &TensorDesc,
     start: u64,
     count: u64,
+    staging: &mut [u8],
 ) -> Result<(), ExecError> {
     let (s, d) = (bo(bos, src)?, bo(bos, dst)?);
     let es = src.dtype.size();
@@ -201,7 +244,31 @@ pub(super) fn copy(
         .checked_mul(es)
         .and_then(|b| dst.offset.checked_add(b))
         .ok_or_else(overflow)?;
-    for_runs(src, start, count, |off, n| {
+    for_runs(src, start, count, |Run { off, n, repeat }| {
+        if repeat {
+            // One element, replicated through the staging buffer.
+            let es = es as usize;
+            let mut one = [0u8; 4];
+            let one = one
+                .get_mut(..es)
+                .ok_or_else(|| ExecError::Failed("element wider than 4 bytes".into()))?;
+            s.read(off, one).map_err(mem_err)?;
+            let per = (staging.len() / es).max(1);
+            let mut left = n;
+            while left > 0 {
+                let k = per.min(left);
+                let buf = staging
+                    .get_mut(..k * es)
+                    .ok_or_else(|| ExecError::Failed("staging buffer too small".into()))?;
+                for c in buf.chunks_exact_mut(es) {
+                    c.copy_from_slice(one);
+                }
+                d.write(at, buf).map_err(mem_err)?;
+                at += buf.len() as u64;
+                left -= k;
+            }
+            return Ok(());
+        }
         let len = n as u64 * es;
         s.copy_to(off, d, at, len as usize).map_err(mem_err)?;
         at += len;
@@ -216,8 +283,8 @@ mod tests {
 
     fn runs(t: &TensorDesc, start: u64, count: u64) -> Vec<(u64, usize)> {
         let mut v = Vec::new();
-        for_runs(t, start, count, |o, n| {
-            v.push((o, n));
+        for_runs(t, start, count, |r| {
+            v.push((r.off, r.n));
             Ok(())
         })
         .unwrap();
@@ -243,6 +310,24 @@ mod tests {
         }
         assert_eq!(whole, pieces);
         assert_eq!(whole[4], 16 + 8 * 4, "row 1 starts 8 elements on");
-        assert!(for_runs(&t, 10, 3, |_, _| Ok(())).is_err(), "past the end");
+        assert!(for_runs(&t, 10, 3, |_| Ok(())).is_err(), "past the end");
+    }
+
+    #[test]
+    fn a_broadcast_axis_is_one_repeated_run() {
+        let mut t = TensorDesc::dense(0, DType::F32, 8, &[2, 1000]);
+        t.strides = [1, 0, 0, 0];
+        let mut v = Vec::new();
+        for_runs(&t, 500, 1000, |r| {
+            v.push(r);
+            Ok(())
+        })
+        .unwrap();
+        let run = |off, n| Run {
+            off,
+            n,
+            repeat: true,
+        };
+        assert_eq!(v, [run(8, 500), run(12, 500)]);
     }
 }

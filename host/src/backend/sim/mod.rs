@@ -103,6 +103,8 @@ pub struct SimJob {
     exec: Exec,
     panic: bool,
     latency: Option<Duration>,
+    /// Working memory it may hold (`Program::work_bytes`).
+    work_bytes: u64,
 }
 
 impl SimJob {
@@ -225,6 +227,7 @@ impl Backend for SimNpu {
             job: SimJob {
                 ctx: ctx.clone(),
                 bufs: bos.iter().map(|(b, _, _)| Arc::clone(b)).collect(),
+                work_bytes: program.work_bytes(),
                 exec: Exec::new(program, self.tile),
                 panic: false,
                 latency: None,

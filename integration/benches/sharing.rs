@@ -1,0 +1,417 @@
+//! How the daemon shares one NPU between VMs: device-time shares for jobs
+//! of different sizes and weights, a small-job VM's latency beside a
+//! large-job VM, a single long op under the job timeout, and what slicing
+//! costs. Real daemon, real sockets, the software NPU on one engine (so the
+//! VMs compete for it and the harness's guests keep the other core).
+//!
+//! cargo bench -p virtio-accel-integration --bench sharing [-- --quick] [--json PATH]
+//!
+//! Every figure is measured in this run: shares and latencies over
+//! repeated rounds (median and range), the slicing cost from paired,
+//! interleaved rounds (sliced, unsliced, unsliced, sliced, …).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vhost_device_accel::backend::sim::{SimNpu, Tile};
+use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
+use vhost_device_accel::Config;
+use virtio_accel_guest::workloads::{self, Workload};
+use virtio_accel_integration::guest::Loaded;
+use virtio_accel_integration::*;
+use virtio_accel_protocol::snpu::{DType, OpDesc, Program, TensorDesc};
+use virtio_accel_protocol::*;
+
+struct Opts {
+    quick: bool,
+    json: String,
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let s = sorted(v.to_vec());
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Median and range of per-round figures.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let s = sorted(v.to_vec());
+    (pct(&s, 0.5), s[0], s[s.len() - 1])
+}
+
+/// The config every part uses: one engine.
+fn config() -> Config {
+    Config {
+        workers: 1,
+        ..Default::default()
+    }
+}
+
+/// Median time of `w` run whole on the calling thread.
+fn native_ms(w: &Workload) -> f64 {
+    let total: u64 = w.bos.iter().map(|b| b.size.next_multiple_of(4096)).sum();
+    let mem = GuestMem::from_ranges(&[(vm_memory::GuestAddress(0), total as usize)]).unwrap();
+    let stats = MemStats::default();
+    let mut at = 0u64;
+    let backings: Vec<Backing> = w
+        .bos
+        .iter()
+        .map(|b| {
+            let r = Backing::new(vec![(at, b.size as u32)]);
+            at += b.size.next_multiple_of(4096);
+            r
+        })
+        .collect();
+    let bos: Vec<_> = backings
+        .iter()
+        .map(|b| b.resolve(&mem, &stats).unwrap())
+        .collect();
+    let t: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            SimNpu::run_program(&w.program, &bos, Tile::WHOLE).unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    pct(&t, 0.5)
+}
+
+/// An MLP whose job takes about `ms` on this machine (calibrated).
+fn mlp_of(ms: f64, seed: u64) -> Workload {
+    let probe = native_ms(&workloads::mlp(seed, 64, 256, 256, 64));
+    let batch = ((64.0 * ms / probe).round() as u32).clamp(1, 65536);
+    workloads::mlp(seed, batch, 256, 256, 64)
+}
+
+/// Keeps `depth` jobs of `w` in flight on VM `i` until `stop`; returns
+/// each job's latency (submit to answer) in ms.
+fn drive(
+    d: &Daemon,
+    i: usize,
+    w: &Workload,
+    depth: usize,
+    go: &Barrier,
+    stop: &AtomicBool,
+) -> Vec<f64> {
+    let mut g = Guest::connect(d.socket(i), GuestOptions::default());
+    let c = g.ctx_create();
+    let l = g.load(c, w, Layout::Contiguous);
+    go.wait();
+    let mut sent = HashMap::new();
+    let (mut fence, mut lat) = (0u64, Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        while sent.len() < depth {
+            fence += 1;
+            let p = g.submit_async(&Guest::run_request(c, fence, w, &l));
+            sent.insert(p, Instant::now());
+        }
+        let (p, r) = g.wait_any_submit();
+        assert_eq!(r.status(), VIRTIO_ACCEL_RESP_OK);
+        lat.push(sent.remove(&p).unwrap().elapsed().as_secs_f64() * 1e3);
+    }
+    while !sent.is_empty() {
+        let (p, _) = g.wait_any_submit();
+        sent.remove(&p);
+    }
+    lat
+}
+
+/// Runs one load per VM for `secs` after a warm-up; returns each VM's
+/// device-time share of the window and its latencies.
+fn contend(weights: &[u32], loads: &[(Workload, usize)], secs: f64) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let d = Arc::new(Daemon::start_weighted(config(), weights));
+    let go = Arc::new(Barrier::new(loads.len() + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs: Vec<_> = loads
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, (w, depth))| {
+            let (d, go, stop) = (d.clone(), go.clone(), stop.clone());
+            std::thread::spawn(move || drive(&d, i, &w, depth, &go, &stop))
+        })
+        .collect();
+    go.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    let dev = |i| d.vm_stats(i).map_or(0.0, |s| s.device_seconds);
+    let before: Vec<f64> = (0..loads.len()).map(dev).collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let after: Vec<f64> = (0..loads.len()).map(dev).collect();
+    stop.store(true, Ordering::Relaxed);
+    let lats = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let used: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let total: f64 = used.iter().sum();
+    (used.iter().map(|u| u / total).collect(), lats)
+}
+
+fn jain(x: &[f64]) -> f64 {
+    let s: f64 = x.iter().sum();
+    s * s / (x.len() as f64 * x.iter().map(|v| v * v).sum::<f64>())
+}
+
+fn fairness(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+    let (rounds, secs) = if o.quick { (1, 0.3) } else { (5, 2.0) };
+    let big = mlp_of(10.0, 1);
+    let small = mlp_of(0.5, 2);
+    let (nb, ns) = (native_ms(&big), native_ms(&small));
+    for (name, weights, target) in [("equal", [1, 1], 0.5), ("3:1", [3, 1], 0.75)] {
+        let loads = [(big.clone(), 8), (small.clone(), 1)];
+        let shares: Vec<f64> = (0..rounds)
+            .map(|_| contend(&weights, &loads, secs).0[0])
+            .collect();
+        let (m, lo, hi) = spread(&shares);
+        rows.push(format!(
+            "weights {name:<5} A {nb:5.2} ms jobs ×8, B {ns:4.2} ms jobs ×1 | A's share {:5.1}% [{:5.1}–{:5.1}] over {rounds} rounds (target {:.0}% ± 5)",
+            m * 100.0, lo * 100.0, hi * 100.0, target * 100.0
+        ));
+        out.insert(
+            format!("fairness.{name}"),
+            json!({ "a_job_ms": nb, "b_job_ms": ns, "a_share": shares, "median": m, "target": target }),
+        );
+    }
+    // Eight VMs, job sizes log-spaced over 0.1–10 ms, two in flight each.
+    let sizes: Vec<f64> = (0..8).map(|i| 0.1 * 100f64.powf(i as f64 / 7.0)).collect();
+    let loads: Vec<(Workload, usize)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &ms)| (mlp_of(ms, 10 + i as u64), 2))
+        .collect();
+    let js: Vec<f64> = (0..rounds)
+        .map(|_| jain(&contend(&[1; 8], &loads, secs).0))
+        .collect();
+    let (m, lo, hi) = spread(&js);
+    rows.push(format!(
+        "8 VMs, jobs 0.1–10 ms, equal weights    | Jain index over device time {m:.4} [{lo:.4}–{hi:.4}] (target ≥ 0.99)"
+    ));
+    out.insert(
+        "fairness.eight_vms".into(),
+        json!({ "sizes_ms": sizes, "jain": js }),
+    );
+}
+
+fn noisy_neighbour(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+    let (pairs, secs) = if o.quick { (1, 0.3) } else { (4, 2.0) };
+    let big = mlp_of(10.0, 1);
+    let small = mlp_of(0.5, 2);
+    let (mut solo, mut beside) = (Vec::new(), Vec::new());
+    for r in 0..pairs {
+        // Interleaved, order alternating: solo/beside, beside/solo, …
+        for first in [r % 2 == 0, r % 2 != 0] {
+            if first {
+                let (_, l) = contend(&[1], &[(small.clone(), 1)], secs);
+                solo.push(pct(&l[0], 0.99));
+            } else {
+                let (_, l) = contend(&[1, 1], &[(small.clone(), 1), (big.clone(), 8)], secs);
+                beside.push(pct(&l[0], 0.99));
+            }
+        }
+    }
+    let (s, slo, shi) = spread(&solo);
+    let (b, blo, bhi) = spread(&beside);
+    let quantum_ms = config().quantum_us as f64 / 1e3;
+    rows.push(format!(
+        "noisy neighbour: B's p99 solo {s:5.2} ms [{slo:.2}–{shi:.2}], beside A {b:5.2} ms [{blo:.2}–{bhi:.2}] | +{:.2} ms (target ≤ 2 slices = {:.1} ms)",
+        b - s,
+        2.0 * quantum_ms
+    ));
+    out.insert(
+        "noisy_neighbour".into(),
+        json!({ "solo_p99_ms": solo, "beside_p99_ms": beside, "slice_ms": quantum_ms }),
+    );
+}
+
+/// The 2048×2048×2048 f32 MATMUL with 4-byte inputs (stride 0).
+fn long_op(g: &mut Guest, ctx: u32) -> Request {
+    let n = 2048u32;
+    let a = g.bo(ctx, 4, Layout::Contiguous);
+    let b = g.bo(ctx, 4, Layout::Contiguous);
+    let c = g.bo(ctx, u64::from(n * n) * 4, Layout::Contiguous);
+    let mut ta = TensorDesc::dense(0, DType::F32, 0, &[n, n]);
+    ta.strides = [0; 4];
+    let mut tb = ta;
+    tb.bo_index = 1;
+    let p = Program {
+        ops: vec![OpDesc::MatMul {
+            a: ta,
+            b: tb,
+            out: TensorDesc::dense(2, DType::F32, 0, &[n, n]),
+            quant: None,
+        }],
+    };
+    let bos = [
+        (a.handle, VIRTIO_ACCEL_ACCESS_READ),
+        (b.handle, VIRTIO_ACCEL_ACCESS_READ),
+        (c.handle, VIRTIO_ACCEL_ACCESS_WRITE),
+    ];
+    Guest::submit_request(ctx, 1, &bos, &[], CmdSource::Inline(p.encode()))
+}
+
+fn timeout(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+    let rounds = if o.quick { 1 } else { 5 };
+    let mut cfg = config();
+    cfg.job_timeout_ms = 100;
+    let (mut lost_ms, mut nop_max, mut nop_p99) = (Vec::new(), Vec::new(), Vec::new());
+    let mut used_ms = Vec::new();
+    for _ in 0..rounds {
+        let d = Daemon::start(cfg.clone(), 2);
+        let mut a = Guest::connect(d.socket(0), GuestOptions::default());
+        let mut b = Guest::connect(d.socket(1), GuestOptions::default());
+        let ca = a.ctx_create();
+        let cb = b.ctx_create();
+        let req = long_op(&mut a, ca);
+        let t = Instant::now();
+        let p = a.submit_async(&req);
+        while d.vm_stats(0).unwrap().counts.running == 0 {
+            std::thread::yield_now();
+        }
+        let mut lat = Vec::new();
+        let mut f = 0;
+        // B's NOPs, one at a time, while A's op is on the NPU.
+        while d.vm_stats(0).unwrap().counts.jobs > 0 {
+            f += 1;
+            let s = Instant::now();
+            assert_eq!(b.submit(&nop(cb, f)).status(), VIRTIO_ACCEL_RESP_OK);
+            lat.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+        let r = a.wait_submit(p);
+        assert_eq!(r.status(), VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST);
+        lost_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        // The op was A's only job: A's device time is the op's.
+        used_ms.push(d.vm_stats(0).unwrap().device_seconds * 1e3);
+        nop_max.push(lat.iter().copied().fold(0.0, f64::max));
+        nop_p99.push(pct(&lat, 0.99));
+    }
+    let (l, _, _) = spread(&lost_ms);
+    let (u, ulo, uhi) = spread(&used_ms);
+    let (m, mlo, mhi) = spread(&nop_max);
+    let (p, plo, phi) = spread(&nop_p99);
+    let q = cfg.quantum_us as f64 / 1e3;
+    rows.push(format!(
+        "2048³ MATMUL, timeout 100 ms: lost after {u:6.1} ms [{ulo:.1}–{uhi:.1}] of its device time (target ≤ 100 + 1 slice), {l:.1} ms wall beside B"
+    ));
+    rows.push(format!(
+        "  … B's NOPs meanwhile: p99 {p:.2} ms [{plo:.2}–{phi:.2}], max {m:.2} ms [{mlo:.2}–{mhi:.2}] (target ≤ 2 slices = {:.1} ms)",
+        2.0 * q
+    ));
+    out.insert(
+        "timeout".into(),
+        json!({ "lost_after_device_ms": used_ms, "lost_after_wall_ms": lost_ms, "b_nop_max_ms": nop_max, "b_nop_p99_ms": nop_p99, "timeout_ms": 100 }),
+    );
+}
+
+fn nop(ctx: u32, fence: u64) -> Request {
+    let p = Program {
+        ops: vec![OpDesc::Nop],
+    };
+    Guest::submit_request(ctx, fence, &[], &[], CmdSource::Inline(p.encode()))
+}
+
+/// Median device time (ms) of `n` jobs of `w`, one at a time, on `d`.
+fn device_ms(g: &mut Guest, c: u32, fence: &mut u64, w: &Workload, l: &Loaded, n: usize) -> f64 {
+    let t: Vec<f64> = (0..n)
+        .map(|_| {
+            *fence += 1;
+            let Response::Submit(r) = g.submit(&Guest::run_request(c, *fence, w, l)) else {
+                panic!("not a submit response")
+            };
+            assert_eq!(r.hdr.type_.get(), VIRTIO_ACCEL_RESP_OK);
+            r.device_time_ns.get() as f64 / 1e6
+        })
+        .collect();
+    pct(&t, 0.5)
+}
+
+fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+    let (rounds, n) = if o.quick { (2, 5) } else { (12, 40) };
+    let mut unsliced = config();
+    unsliced.sim.slicing = false;
+    let ds = Daemon::start(config(), 1);
+    let du = Daemon::start(unsliced, 1);
+    for w in [
+        workloads::mlp(11, 128, 256, 512, 64),
+        workloads::conv2d(12, 56, 16, 48, 3, 1, 1),
+    ] {
+        let mut gs = Guest::connect(ds.socket(0), GuestOptions::default());
+        let mut gu = Guest::connect(du.socket(0), GuestOptions::default());
+        let (cs, cu) = (gs.ctx_create(), gu.ctx_create());
+        let (ls, lu) = (
+            gs.load(cs, &w, Layout::Scattered),
+            gu.load(cu, &w, Layout::Scattered),
+        );
+        let (mut fs, mut fu) = (0, 0);
+        // Warm both.
+        device_ms(&mut gs, cs, &mut fs, &w, &ls, 3);
+        device_ms(&mut gu, cu, &mut fu, &w, &lu, 3);
+        let mut ratios = Vec::new();
+        let (mut ts, mut tu) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            let (s, u) = if r % 2 == 0 {
+                let s = device_ms(&mut gs, cs, &mut fs, &w, &ls, n);
+                (s, device_ms(&mut gu, cu, &mut fu, &w, &lu, n))
+            } else {
+                let u = device_ms(&mut gu, cu, &mut fu, &w, &lu, n);
+                (device_ms(&mut gs, cs, &mut fs, &w, &ls, n), u)
+            };
+            ratios.push(s / u - 1.0);
+            ts.push(s);
+            tu.push(u);
+        }
+        w.check(&gs.output(&w, &ls)).unwrap();
+        w.check(&gu.output(&w, &lu)).unwrap();
+        let (m, lo, hi) = spread(&ratios);
+        rows.push(format!(
+            "slicing cost, {:<7} | device time sliced {:.3} ms vs whole ops {:.3} ms: {:+5.1}% [{:+.1}–{:+.1}] over {rounds} paired rounds (target ≤ 2%)",
+            w.name,
+            spread(&ts).0,
+            spread(&tu).0,
+            m * 100.0,
+            lo * 100.0,
+            hi * 100.0
+        ));
+        out.insert(
+            format!("slicing_cost.{}", w.name),
+            json!({ "sliced_ms": ts, "unsliced_ms": tu, "ratio_minus_one": ratios }),
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let opts = Opts {
+        quick: args.iter().any(|a| a == "--quick"),
+        json: args
+            .iter()
+            .position(|a| a == "--json")
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| {
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-sharing.json").into()
+            }),
+    };
+    let (mut out, mut rows) = (BTreeMap::new(), Vec::new());
+    let t = Instant::now();
+    slicing_cost(&opts, &mut out, &mut rows);
+    timeout(&opts, &mut out, &mut rows);
+    fairness(&opts, &mut out, &mut rows);
+    noisy_neighbour(&opts, &mut out, &mut rows);
+    println!(
+        "virtio-accel NPU sharing ({} mode, {:.1} s, one engine)",
+        if opts.quick { "quick" } else { "full" },
+        t.elapsed().as_secs_f64()
+    );
+    for r in &rows {
+        println!("  {r}");
+    }
+    out.insert(
+        "machine".into(),
+        json!({ "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "quick": opts.quick }),
+    );
+    std::fs::write(&opts.json, serde_json::to_string_pretty(&out).unwrap()).unwrap();
+    println!("figures written to {}", opts.json);
+}

@@ -71,9 +71,11 @@ fn long_matmul(g: &mut Guest, ctx: u32, n: u32) -> Request {
 #[test]
 fn a_single_long_op_is_lost_at_the_job_timeout_and_others_run_meanwhile() {
     // One engine: whatever B gets, it gets beside A's op.
-    let mut cfg = Config::default();
-    cfg.workers = 1;
-    cfg.job_timeout_ms = 1000;
+    let cfg = Config {
+        workers: 1,
+        job_timeout_ms: 1000,
+        ..Default::default()
+    };
     let d = Daemon::start(cfg, 2);
     let mut a = Guest::connect(d.socket(0), GuestOptions::default());
     let mut b = Guest::connect(d.socket(1), GuestOptions::default());
@@ -106,8 +108,10 @@ fn a_single_long_op_is_lost_at_the_job_timeout_and_others_run_meanwhile() {
 
 #[test]
 fn a_hung_job_holds_no_engine() {
-    let mut cfg = Config::default();
-    cfg.workers = 1;
+    let mut cfg = Config {
+        workers: 1,
+        ..Default::default()
+    };
     cfg.sim.faults.hang_jobs = vec![1];
     // Far beyond the test: the hang must not need the watchdog.
     cfg.job_timeout_ms = 600_000;
@@ -168,8 +172,10 @@ fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f
 
 #[test]
 fn metrics_move_as_the_jobs_do() {
-    let mut cfg = Config::default();
-    cfg.workers = 1;
+    let mut cfg = Config {
+        workers: 1,
+        ..Default::default()
+    };
     cfg.sim.faults.fail_jobs = vec![4];
     cfg.sim.faults.latency_us = 2_000;
     let d = Daemon::start(cfg, 2);

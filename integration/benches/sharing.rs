@@ -16,11 +16,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vhost_device_accel::backend::sim::{SimNpu, Tile};
+use vhost_device_accel::backend::sim::{Exec, Progress, SimNpu, Tile};
 use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
 use vhost_device_accel::Config;
 use virtio_accel_guest::workloads::{self, Workload};
-use virtio_accel_integration::guest::Loaded;
 use virtio_accel_integration::*;
 use virtio_accel_protocol::snpu::{DType, OpDesc, Program, TensorDesc};
 use virtio_accel_protocol::*;
@@ -28,6 +27,14 @@ use virtio_accel_protocol::*;
 struct Opts {
     quick: bool,
     json: String,
+    /// Run only the parts whose name contains this (`--only NAME`).
+    only: Option<String>,
+}
+
+impl Opts {
+    fn runs(&self, part: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| part.contains(o.as_str()))
+    }
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
@@ -56,24 +63,13 @@ fn config() -> Config {
 
 /// Median time of `w` run whole on the calling thread.
 fn native_ms(w: &Workload) -> f64 {
-    let total: u64 = w.bos.iter().map(|b| b.size.next_multiple_of(4096)).sum();
-    let mem = GuestMem::from_ranges(&[(vm_memory::GuestAddress(0), total as usize)]).unwrap();
+    let (mem, backings) = buffers(w);
     let stats = MemStats::default();
-    let mut at = 0u64;
-    let backings: Vec<Backing> = w
-        .bos
-        .iter()
-        .map(|b| {
-            let r = Backing::new(vec![(at, b.size as u32)]);
-            at += b.size.next_multiple_of(4096);
-            r
-        })
-        .collect();
     let bos: Vec<_> = backings
         .iter()
         .map(|b| b.resolve(&mem, &stats).unwrap())
         .collect();
-    let t: Vec<f64> = (0..7)
+    let t: Vec<f64> = (0..9)
         .map(|_| {
             let t = Instant::now();
             SimNpu::run_program(&w.program, &bos, Tile::WHOLE).unwrap();
@@ -83,10 +79,15 @@ fn native_ms(w: &Workload) -> f64 {
     pct(&t, 0.5)
 }
 
-/// An MLP whose job takes about `ms` on this machine (calibrated).
+/// An MLP whose job takes about `ms` on this machine (calibrated in two
+/// steps: time is not quite linear in the batch).
 fn mlp_of(ms: f64, seed: u64) -> Workload {
-    let probe = native_ms(&workloads::mlp(seed, 64, 256, 256, 64));
-    let batch = ((64.0 * ms / probe).round() as u32).clamp(1, 65536);
+    let mut batch = 64u32;
+    for _ in 0..4 {
+        let t = native_ms(&workloads::mlp(seed, batch, 256, 256, 64));
+        let f = (ms / t).clamp(0.25, 4.0);
+        batch = ((f64::from(batch) * f).round() as u32).clamp(1, 65536);
+    }
     workloads::mlp(seed, batch, 256, 256, 64)
 }
 
@@ -201,15 +202,18 @@ fn noisy_neighbour(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<S
     let big = mlp_of(10.0, 1);
     let small = mlp_of(0.5, 2);
     let (mut solo, mut beside) = (Vec::new(), Vec::new());
+    let (mut solo50, mut beside50) = (Vec::new(), Vec::new());
     for r in 0..pairs {
         // Interleaved, order alternating: solo/beside, beside/solo, …
         for first in [r % 2 == 0, r % 2 != 0] {
             if first {
                 let (_, l) = contend(&[1], &[(small.clone(), 1)], secs);
                 solo.push(pct(&l[0], 0.99));
+                solo50.push(pct(&l[0], 0.5));
             } else {
                 let (_, l) = contend(&[1, 1], &[(small.clone(), 1), (big.clone(), 8)], secs);
                 beside.push(pct(&l[0], 0.99));
+                beside50.push(pct(&l[0], 0.5));
             }
         }
     }
@@ -217,13 +221,15 @@ fn noisy_neighbour(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<S
     let (b, blo, bhi) = spread(&beside);
     let quantum_ms = config().quantum_us as f64 / 1e3;
     rows.push(format!(
-        "noisy neighbour: B's p99 solo {s:5.2} ms [{slo:.2}–{shi:.2}], beside A {b:5.2} ms [{blo:.2}–{bhi:.2}] | +{:.2} ms (target ≤ 2 slices = {:.1} ms)",
+        "noisy neighbour: B's p99 solo {s:5.2} ms [{slo:.2}–{shi:.2}], beside A {b:5.2} ms [{blo:.2}–{bhi:.2}] | +{:.2} ms (target ≤ 2 slices = {:.1} ms); p50 {:.2} → {:.2} ms",
         b - s,
-        2.0 * quantum_ms
+        2.0 * quantum_ms,
+        spread(&solo50).0,
+        spread(&beside50).0,
     ));
     out.insert(
         "noisy_neighbour".into(),
-        json!({ "solo_p99_ms": solo, "beside_p99_ms": beside, "slice_ms": quantum_ms }),
+        json!({ "solo_p99_ms": solo, "beside_p99_ms": beside, "solo_p50_ms": solo50, "beside_p50_ms": beside50, "slice_ms": quantum_ms }),
     );
 }
 
@@ -313,71 +319,102 @@ fn nop(ctx: u32, fence: u64) -> Request {
     Guest::submit_request(ctx, fence, &[], &[], CmdSource::Inline(p.encode()))
 }
 
-/// Median device time (ms) of `n` jobs of `w`, one at a time, on `d`.
-fn device_ms(g: &mut Guest, c: u32, fence: &mut u64, w: &Workload, l: &Loaded, n: usize) -> f64 {
-    let t: Vec<f64> = (0..n)
-        .map(|_| {
-            *fence += 1;
-            let Response::Submit(r) = g.submit(&Guest::run_request(c, *fence, w, l)) else {
-                panic!("not a submit response")
-            };
-            assert_eq!(r.hdr.type_.get(), VIRTIO_ACCEL_RESP_OK);
-            r.device_time_ns.get() as f64 / 1e6
+/// Buffers for `w` in fresh guest memory, filled with its inputs.
+fn buffers(w: &Workload) -> (GuestMem, Vec<Backing>) {
+    let total: u64 = w.bos.iter().map(|b| b.size.next_multiple_of(4096)).sum();
+    let mem = GuestMem::from_ranges(&[(vm_memory::GuestAddress(0), total as usize)]).unwrap();
+    let stats = MemStats::default();
+    let mut at = 0u64;
+    let backings: Vec<Backing> = w
+        .bos
+        .iter()
+        .map(|b| {
+            let r = Backing::new(vec![(at, b.size as u32)]);
+            at += b.size.next_multiple_of(4096);
+            r
         })
         .collect();
-    pct(&t, 0.5)
+    for (b, spec) in backings.iter().zip(&w.bos) {
+        if !spec.init.is_empty() {
+            b.resolve(&mem, &stats)
+                .unwrap()
+                .write(0, &spec.init)
+                .unwrap();
+        }
+    }
+    (mem, backings)
+}
+
+/// One job of `w` on the software NPU's executor with `tile`, asking
+/// between steps whether to go on as an engine does; its time in ms and
+/// the steps it took.
+fn run_once(w: &Workload, bos: &[vhost_device_accel::memory::BoMem<'_>], tile: Tile) -> (f64, u64) {
+    let stop = AtomicBool::new(false);
+    let mut steps = 0u64;
+    let t = Instant::now();
+    let mut exec = Exec::new(w.program.clone(), tile);
+    loop {
+        let go = &mut || {
+            steps += 1;
+            !stop.load(Ordering::Relaxed)
+        };
+        if let Progress::Done { .. } = exec.run(bos, go).unwrap() {
+            break;
+        }
+    }
+    (t.elapsed().as_secs_f64() * 1e3, steps + 1)
 }
 
 fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
-    let (rounds, n) = if o.quick { (2, 5) } else { (12, 40) };
-    let mut unsliced = config();
-    unsliced.sim.slicing = false;
-    let ds = Daemon::start(config(), 1);
-    let du = Daemon::start(unsliced, 1);
+    let pairs = if o.quick { 10 } else { 200 };
+    // About 1 ms (mostly whole tiles) and about 10 ms (many tiles).
     for w in [
         workloads::mlp(11, 128, 256, 512, 64),
         workloads::conv2d(12, 56, 16, 48, 3, 1, 1),
+        workloads::mlp(13, 1024, 256, 1024, 256),
+        workloads::conv2d(14, 112, 32, 64, 3, 1, 1),
     ] {
-        let mut gs = Guest::connect(ds.socket(0), GuestOptions::default());
-        let mut gu = Guest::connect(du.socket(0), GuestOptions::default());
-        let (cs, cu) = (gs.ctx_create(), gu.ctx_create());
-        let (ls, lu) = (
-            gs.load(cs, &w, Layout::Scattered),
-            gu.load(cu, &w, Layout::Scattered),
-        );
-        let (mut fs, mut fu) = (0, 0);
-        // Warm both.
-        device_ms(&mut gs, cs, &mut fs, &w, &ls, 3);
-        device_ms(&mut gu, cu, &mut fu, &w, &lu, 3);
-        let mut ratios = Vec::new();
-        let (mut ts, mut tu) = (Vec::new(), Vec::new());
-        for r in 0..rounds {
-            let (s, u) = if r % 2 == 0 {
-                let s = device_ms(&mut gs, cs, &mut fs, &w, &ls, n);
-                (s, device_ms(&mut gu, cu, &mut fu, &w, &lu, n))
-            } else {
-                let u = device_ms(&mut gu, cu, &mut fu, &w, &lu, n);
-                (device_ms(&mut gs, cs, &mut fs, &w, &ls, n), u)
-            };
-            ratios.push(s / u - 1.0);
-            ts.push(s);
-            tu.push(u);
+        let (mem, backings) = buffers(&w);
+        let stats = MemStats::default();
+        let bos: Vec<_> = backings
+            .iter()
+            .map(|b| b.resolve(&mem, &stats).unwrap())
+            .collect();
+        let steps = run_once(&w, &bos, Tile::SLICED).1;
+        for _ in 0..5 {
+            run_once(&w, &bos, Tile::SLICED);
+            run_once(&w, &bos, Tile::WHOLE);
         }
-        w.check(&gs.output(&w, &ls)).unwrap();
-        w.check(&gu.output(&w, &lu)).unwrap();
-        let (m, lo, hi) = spread(&ratios);
+        // Paired and interleaved, the order alternating pair by pair.
+        let (mut ts, mut tw, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..pairs {
+            let (s, u) = if i % 2 == 0 {
+                let s = run_once(&w, &bos, Tile::SLICED).0;
+                (s, run_once(&w, &bos, Tile::WHOLE).0)
+            } else {
+                let u = run_once(&w, &bos, Tile::WHOLE).0;
+                (run_once(&w, &bos, Tile::SLICED).0, u)
+            };
+            ts.push(s);
+            tw.push(u);
+            ratio.push(s / u - 1.0);
+        }
+        let mut o = vec![0u8; w.output_len()];
+        bos[w.output.0].read(w.output.1, &mut o).unwrap();
+        w.check(&o).unwrap();
+        let (m, q1, q3) = (pct(&ratio, 0.5), pct(&ratio, 0.25), pct(&ratio, 0.75));
         rows.push(format!(
-            "slicing cost, {:<7} | device time sliced {:.3} ms vs whole ops {:.3} ms: {:+5.1}% [{:+.1}–{:+.1}] over {rounds} paired rounds (target ≤ 2%)",
+            "slicing cost, {:<7} | sliced ({steps:4} steps) {:6.3} ms vs whole ops {:6.3} ms per job: {:+5.1}% (IQR {:+.1} – {:+.1}) over {pairs} paired jobs (target ≤ 2%)",
             w.name,
-            spread(&ts).0,
-            spread(&tu).0,
+            pct(&ts, 0.5),
+            pct(&tw, 0.5),
             m * 100.0,
-            lo * 100.0,
-            hi * 100.0
+            q1 * 100.0,
+            q3 * 100.0
         ));
         out.insert(
-            format!("slicing_cost.{}", w.name),
-            json!({ "sliced_ms": ts, "unsliced_ms": tu, "ratio_minus_one": ratios }),
+            format!("slicing_cost.{}_{:.0}ms", w.name, pct(&tw, 0.5)),
+            json!({ "steps": steps, "sliced_ms_p50": pct(&ts, 0.5), "whole_ms_p50": pct(&tw, 0.5), "ratio_minus_one_p50": m, "iqr": [q1, q3], "pairs": pairs }),
         );
     }
 }
@@ -393,13 +430,25 @@ fn main() {
             .unwrap_or_else(|| {
                 concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-sharing.json").into()
             }),
+        only: args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1).cloned()),
     };
     let (mut out, mut rows) = (BTreeMap::new(), Vec::new());
     let t = Instant::now();
-    slicing_cost(&opts, &mut out, &mut rows);
-    timeout(&opts, &mut out, &mut rows);
-    fairness(&opts, &mut out, &mut rows);
-    noisy_neighbour(&opts, &mut out, &mut rows);
+    type Part = fn(&Opts, &mut BTreeMap<String, Value>, &mut Vec<String>);
+    let parts: [(&str, Part); 4] = [
+        ("slicing", slicing_cost),
+        ("timeout", timeout),
+        ("fairness", fairness),
+        ("noisy", noisy_neighbour),
+    ];
+    for (name, part) in parts {
+        if opts.runs(name) {
+            part(&opts, &mut out, &mut rows);
+        }
+    }
     println!(
         "virtio-accel NPU sharing ({} mode, {:.1} s, one engine)",
         if opts.quick { "quick" } else { "full" },

@@ -113,7 +113,11 @@ fn every_configuration_field_is_in_the_layout() {
 fn the_rules_the_device_enforces_are_stated() {
     let s = spec();
     let h = headings(&s);
-    for heading in ["Fence waits and the order of answers", "Descriptor chains"] {
+    for heading in [
+        "Fence waits and the order of answers",
+        "Descriptor chains",
+        "Sharing the NPU and the job timeout",
+    ] {
         assert!(
             h.iter().any(|l| l.contains(heading)),
             "no section `{heading}`"
@@ -129,6 +133,10 @@ fn the_rules_the_device_enforces_are_stated() {
         // job memory
         "must not exceed `max_job_memory` (`ERR_QUOTA`)",
         "A job above `max_job_memory` is rejected with `ERR_QUOTA`",
+        // sharing and the timeout
+        "in proportion to a weight the host sets",
+        "bounds the device time of one job, a single op",
+        "writes nothing after",
     ] {
         assert!(s.contains(rule), "spec does not state: {rule}");
     }

@@ -205,43 +205,81 @@ impl Policy {
         }
     }
 
-    /// Which of the running slices to preempt so that a waiting candidate
-    /// can run, if any: the one furthest ahead of the best candidate by
+    /// Whether to preempt one of the running slices so that a waiting
+    /// candidate can run: the slice furthest ahead of the best candidate by
     /// more than a quantum (of its VM's, or of its context's within a VM),
-    /// or a slice of lower priority than a waiting context of its VM.
-    pub fn preempt(&mut self, running: &[Running], waiting: &[Candidate]) -> Option<usize> {
-        let w = *waiting.get(self.best(waiting)?)?;
-        let wv = self.vms.get(&w.vm)?;
+    /// or a slice of lower priority than a waiting context of its VM. If
+    /// none is yet, how much longer the slices may run before one is.
+    pub fn preempt(&mut self, running: &[Running], waiting: &[Candidate]) -> Preempt {
+        let Some(w) = self.best(waiting).and_then(|i| waiting.get(i).copied()) else {
+            return Preempt::Never;
+        };
+        let Some(wv) = self.vms.get(&w.vm) else {
+            return Preempt::Never;
+        };
         let w_time = self.vm_time(wv, 0);
         let w_ctx = wv.ctxs.get(&w.ctx).map_or(0, |s| s.vtime);
+        let q = self.quantum_ns;
         let mut best: Option<(u128, usize)> = None;
+        let mut soonest: Option<u64> = None;
         for (i, r) in running.iter().enumerate() {
             let Some(rv) = self.vms.get(&r.job.vm) else {
                 continue;
             };
-            // This slice counts as what it ran, not as a quantum.
-            let r_time = self
-                .vm_time(rv, r.elapsed_ns)
-                .saturating_sub(scaled(self.quantum_ns, rv.weight));
-            let lead = if r.job.vm != w.vm {
-                r_time.checked_sub(w_time + scaled(self.quantum_ns, rv.weight))
+            // (how far the slice is ahead, the weight its run time counts
+            // with; 0 for a context's plain ns)
+            let (ahead, behind, weight) = if r.job.vm != w.vm {
+                // This slice counts as what it ran, not as a quantum.
+                let r_time = self
+                    .vm_time(rv, r.elapsed_ns)
+                    .saturating_sub(scaled(q, rv.weight));
+                (r_time, w_time + scaled(q, rv.weight), rv.weight)
             } else if w.priority > r.job.priority {
-                Some(u128::MAX)
+                return Preempt::Now(i);
             } else if w.priority < r.job.priority {
-                None
+                continue;
             } else {
                 let r_ctx =
                     rv.ctxs.get(&r.job.ctx).map_or(0, |s| s.vtime) + u128::from(r.elapsed_ns);
-                r_ctx.checked_sub(w_ctx + u128::from(self.quantum_ns))
+                (r_ctx, w_ctx + u128::from(q), 0)
             };
-            if let Some(l) = lead.filter(|&l| l > 0) {
-                if best.is_none_or(|(b, _)| l > b) {
-                    best = Some((l, i));
+            match ahead.checked_sub(behind) {
+                Some(l) if l > 0 => {
+                    if best.is_none_or(|(b, _)| l > b) {
+                        best = Some((l, i));
+                    }
+                }
+                _ => {
+                    // The run time after which `ahead` passes `behind`.
+                    let gap = behind.saturating_sub(ahead);
+                    let ns = if weight == 0 {
+                        gap
+                    } else {
+                        (gap * u128::from(weight)).div_ceil(SCALE)
+                    } + 1;
+                    let ns = u64::try_from(ns).unwrap_or(u64::MAX);
+                    soonest = Some(soonest.map_or(ns, |s| s.min(ns)));
                 }
             }
         }
-        best.map(|(_, i)| i)
+        match (best, soonest) {
+            (Some((_, i)), _) => Preempt::Now(i),
+            (None, Some(ns)) => Preempt::After(ns),
+            (None, None) => Preempt::Never,
+        }
     }
+}
+
+/// What [`Policy::preempt`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preempt {
+    /// Preempt running slice `i` now.
+    Now(usize),
+    /// Ask again once the slices have run this many more ns (unless
+    /// something changes first).
+    After(u64),
+    /// No running slice is to make way for the waiting ones.
+    Never,
 }
 
 #[cfg(test)]

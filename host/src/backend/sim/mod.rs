@@ -6,6 +6,7 @@
 mod engine;
 mod exec;
 mod io;
+mod kernels;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};

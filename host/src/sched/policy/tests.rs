@@ -20,6 +20,9 @@ struct Ctx {
     ready_at: u64,
     max_wait: u64,
     on_engine: bool,
+    /// Ticks between a job's end and the next job's submission (the
+    /// guest's round trip).
+    think: u64,
 }
 
 struct Slice {
@@ -65,6 +68,7 @@ impl Sim {
             ready_at: self.now,
             max_wait: 0,
             on_engine: false,
+            think: 0,
         });
     }
 
@@ -79,7 +83,7 @@ impl Sim {
 
     fn waiting(&self) -> Vec<usize> {
         (0..self.ctxs.len())
-            .filter(|&i| !self.ctxs[i].on_engine)
+            .filter(|&i| !self.ctxs[i].on_engine && self.ctxs[i].ready_at <= self.now)
             .collect()
     }
 
@@ -140,7 +144,7 @@ impl Sim {
                 }
             })
             .collect();
-        if let Some(k) = self.policy.preempt(&running, &cands) {
+        if let Preempt::Now(k) = self.policy.preempt(&running, &cands) {
             self.engines[idx[k]].as_mut().unwrap().preempt_at = Some(self.now);
             self.preemptions += 1;
         }
@@ -169,7 +173,7 @@ impl Sim {
                 c.on_engine = false;
                 if done {
                     c.jobs += 1;
-                    c.ready_at = self.now;
+                    c.ready_at = self.now + c.think;
                 }
                 self.engines[e] = None;
             }
@@ -203,6 +207,22 @@ fn long_and_short_jobs_share_equally() {
     // The short jobs never wait behind a long one for more than two
     // quanta: VM 1 is preempted once it is a quantum ahead.
     let wait = s.ctxs[2].max_wait * TICK;
+    assert!(wait <= 2 * QUANTUM, "waited {wait} ns");
+}
+
+#[test]
+fn a_vm_that_thinks_between_jobs_still_gets_its_share_promptly() {
+    let mut s = Sim::new(1);
+    s.vm(1, 1);
+    s.vm(2, 1);
+    s.ctx(1, 0, |_| 10_000_000);
+    s.ctx(2, 0, |_| 500_000);
+    // A guest round trip of one tick between VM 2's jobs.
+    s.ctxs[1].think = 1;
+    s.run(100_000);
+    let a = s.share(1);
+    assert!((a - 0.5).abs() < 0.02, "VM 1 got {a}");
+    let wait = s.ctxs[1].max_wait * TICK;
     assert!(wait <= 2 * QUANTUM, "waited {wait} ns");
 }
 
@@ -281,4 +301,41 @@ fn an_idle_vm_banks_no_credit() {
         "VM 1 starved after VM 3 arrived: {a} ns of 100 ms"
     );
     assert!(c < 45_000_000, "VM 3 took {c} ns of 100 ms");
+}
+
+#[test]
+fn the_time_to_preempt_is_when_the_lead_passes_a_quantum() {
+    for weights in [(1, 1), (3, 1), (1, 7)] {
+        let mut p = Policy::new(QUANTUM);
+        p.add_vm(1, weights.0);
+        p.add_vm(2, weights.1);
+        let a = Candidate {
+            vm: 1,
+            ctx: 1,
+            priority: 0,
+        };
+        let b = Candidate {
+            vm: 2,
+            ctx: 1,
+            priority: 0,
+        };
+        // B ran 3 ms; A runs now and B waits.
+        assert_eq!(p.pick(&[b]), Some(0));
+        p.stopped(b, 3_000_000);
+        assert_eq!(p.pick(&[a]), Some(0));
+        let at = |e| {
+            [Running {
+                job: a,
+                elapsed_ns: e,
+            }]
+        };
+        let Preempt::After(ns) = p.preempt(&at(0), &[b]) else {
+            panic!("{weights:?}: A preempted before it caught up");
+        };
+        assert!(
+            matches!(p.preempt(&at(ns - 2), &[b]), Preempt::After(_)),
+            "{weights:?}: due early"
+        );
+        assert_eq!(p.preempt(&at(ns), &[b]), Preempt::Now(0), "{weights:?}");
+    }
 }

@@ -9,7 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use vhost_device_accel::backend::sim::{SimNpu, Tile};
+use vhost_device_accel::backend::sim::{Exec, Progress, Tile};
 use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
 use virtio_accel_protocol::snpu;
 use vm_memory::{Bytes, GuestAddress};
@@ -128,9 +128,12 @@ fuzz_target!(|data: &[u8]| {
             elems: 1 << (2 + k % 12),
         }
     };
+    // The job as the device holds it from SUBMIT on (the validated program
+    // is the device's own copy); only what running it allocates counts.
+    let mut exec = Exec::new(program.clone(), tile);
     let base = LIVE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
-    let _ = SimNpu::run_program(&program, &bos, tile);
+    while let Ok(Progress::Paused) = exec.run(&bos, &mut || true) {}
     let used = PEAK.load(Ordering::Relaxed).saturating_sub(base) as u64;
     assert!(
         used <= work,

@@ -227,7 +227,18 @@ impl Config {
                 "quantum_us and job_timeout_ms must be nonzero".into(),
             ));
         }
+        let mut seen = std::collections::HashSet::new();
         for vm in &self.vm {
+            // Two VMs on one socket, or under one name, would share their
+            // metrics series.
+            if !seen.insert(vm.socket.display().to_string())
+                || !seen.insert(format!("\0{}", vm.label()))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: a second VM with this socket or name",
+                    vm.socket.display()
+                )));
+            }
             if vm.weight == 0 || vm.weight > MAX_WEIGHT {
                 return Err(ConfigError::Invalid(format!(
                     "{}: weight must be 1 to {MAX_WEIGHT}",

@@ -280,11 +280,19 @@ pub fn serve(addr: SocketAddr, metrics: Arc<DaemonMetrics>) -> std::io::Result<S
 }
 
 fn answer(mut conn: TcpStream, metrics: &DaemonMetrics) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+    // One second for the whole request, however it trickles in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
+    };
     conn.set_write_timeout(Some(Duration::from_secs(1)))?;
     let mut req = Vec::new();
     let mut buf = [0u8; 1024];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        conn.set_read_timeout(Some(left()?))?;
         let n = conn.read(&mut buf)?;
         if n == 0 {
             break;

@@ -348,21 +348,30 @@ fn buffers(w: &Workload) -> (GuestMem, Vec<Backing>) {
 /// One job of `w` on the software NPU's executor with `tile`, asking
 /// between steps whether to go on as an engine does; its time in ms and
 /// the steps it took.
-fn run_once(w: &Workload, bos: &[vhost_device_accel::memory::BoMem<'_>], tile: Tile) -> (f64, u64) {
+fn run_once(
+    w: &Workload,
+    bos: &[vhost_device_accel::memory::BoMem<'_>],
+    tile: Tile,
+) -> (f64, u64, f64) {
     let stop = AtomicBool::new(false);
     let mut steps = 0u64;
     let t = Instant::now();
+    let (mut last, mut longest) = (t, Duration::ZERO);
     let mut exec = Exec::new(w.program.clone(), tile);
     loop {
         let go = &mut || {
             steps += 1;
+            let now = Instant::now();
+            longest = longest.max(now - last);
+            last = now;
             !stop.load(Ordering::Relaxed)
         };
         if let Progress::Done { .. } = exec.run(bos, go).unwrap() {
             break;
         }
     }
-    (t.elapsed().as_secs_f64() * 1e3, steps + 1)
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    (ms(t.elapsed()), steps + 1, ms(longest.max(last.elapsed())))
 }
 
 fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
@@ -380,7 +389,8 @@ fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<Stri
             .iter()
             .map(|b| b.resolve(&mem, &stats).unwrap())
             .collect();
-        let steps = run_once(&w, &bos, Tile::SLICED).1;
+        let (_, steps, _) = run_once(&w, &bos, Tile::SLICED);
+        let mut longest = Vec::new();
         for _ in 0..5 {
             run_once(&w, &bos, Tile::SLICED);
             run_once(&w, &bos, Tile::WHOLE);
@@ -389,12 +399,14 @@ fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<Stri
         let (mut ts, mut tw, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..pairs {
             let (s, u) = if i % 2 == 0 {
-                let s = run_once(&w, &bos, Tile::SLICED).0;
+                let s = run_once(&w, &bos, Tile::SLICED);
                 (s, run_once(&w, &bos, Tile::WHOLE).0)
             } else {
                 let u = run_once(&w, &bos, Tile::WHOLE).0;
-                (run_once(&w, &bos, Tile::SLICED).0, u)
+                (run_once(&w, &bos, Tile::SLICED), u)
             };
+            longest.push(s.2);
+            let s = s.0;
             ts.push(s);
             tw.push(u);
             ratio.push(s / u - 1.0);
@@ -404,8 +416,10 @@ fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<Stri
         w.check(&o).unwrap();
         let (m, q1, q3) = (pct(&ratio, 0.5), pct(&ratio, 0.25), pct(&ratio, 0.75));
         rows.push(format!(
-            "slicing cost, {:<7} | sliced ({steps:4} steps) {:6.3} ms vs whole ops {:6.3} ms per job: {:+5.1}% (IQR {:+.1} – {:+.1}) over {pairs} paired jobs (target ≤ 2%)",
+            "slicing cost, {:<7} | sliced ({steps:4} steps, longest p50 {:.2} ms p99 {:.2} ms) {:6.3} ms vs whole ops {:6.3} ms per job: {:+5.1}% (IQR {:+.1} – {:+.1}) over {pairs} paired jobs (target ≤ 2%)",
             w.name,
+            pct(&longest, 0.5),
+            pct(&longest, 0.99),
             pct(&ts, 0.5),
             pct(&tw, 0.5),
             m * 100.0,
@@ -414,7 +428,7 @@ fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<Stri
         ));
         out.insert(
             format!("slicing_cost.{}_{:.0}ms", w.name, pct(&tw, 0.5)),
-            json!({ "steps": steps, "sliced_ms_p50": pct(&ts, 0.5), "whole_ms_p50": pct(&tw, 0.5), "ratio_minus_one_p50": m, "iqr": [q1, q3], "pairs": pairs }),
+            json!({ "steps": steps, "longest_step_ms": longest, "sliced_ms_p50": pct(&ts, 0.5), "whole_ms_p50": pct(&tw, 0.5), "ratio_minus_one_p50": m, "iqr": [q1, q3], "pairs": pairs }),
         );
     }
 }

@@ -63,6 +63,8 @@ pub struct Context<B: Backend> {
     pub lost: Option<u32>,
     /// The backend's side of the context.
     pub hw: B::Context,
+    /// Dropped by a reset while its job ran: the job's end is not answered.
+    pub silent: bool,
 }
 
 impl<B: Backend> Bo<B> {
@@ -85,6 +87,7 @@ impl<B: Backend> Context<B> {
             running: None,
             lost: None,
             hw,
+            silent: false,
         }
     }
 

@@ -158,6 +158,10 @@ impl<B: Backend> Device<B> {
             let Some(mut z) = self.zombies.remove(&ctx_id) else {
                 return;
             };
+            if z.silent {
+                self.release_context(z);
+                return;
+            }
             if let Some(job) = z.running.take() {
                 if z.lost.is_some() {
                     status = VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST;

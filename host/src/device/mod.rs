@@ -3,7 +3,7 @@
 //! It takes decoded requests and answers with responses; it knows nothing
 //! of vhost-user or virtqueues. Every request is validated completely
 //! before anything changes, so a rejected request leaves no trace. Jobs wait
-//! here until the scheduler takes them ([`Device::next_job`]) and come back
+//! here until the scheduler takes them ([`Device::start`]) and come back
 //! through [`Device::finish`]; their responses are then collected by the
 //! glue with [`Device::take_completions`], in fence order within each
 //! context. Every status a guest sees is chosen here.
@@ -149,12 +149,20 @@ impl<B: Backend> Device<B> {
     /// the driver resets the device and its rings go away.
     pub fn reset(&mut self) {
         self.abort_running();
-        let all: Vec<Context<B>> = std::mem::take(&mut self.contexts)
-            .into_values()
-            .chain(std::mem::take(&mut self.zombies).into_values())
+        let all: Vec<(u32, Context<B>)> = std::mem::take(&mut self.contexts)
+            .into_iter()
+            .chain(std::mem::take(&mut self.zombies))
             .collect();
-        for c in all {
-            self.release_context(c);
+        for (id, mut c) in all {
+            if c.running.is_some() {
+                // Its buffers stay with the backend until the aborted job
+                // is given back; nothing of it is answered.
+                c.queue.clear();
+                c.silent = true;
+                self.zombies.insert(id, c);
+            } else {
+                self.release_context(c);
+            }
         }
         self.bo_count = 0;
         self.bo_bytes = 0;

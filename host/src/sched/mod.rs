@@ -11,6 +11,7 @@ pub mod policy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::thread::JoinHandle;
@@ -63,6 +64,13 @@ impl<B: Backend> VmSlot<B> {
 /// small-job VM beside a large-job one both suffer without it).
 const RETRY: Duration = Duration::from_micros(50);
 
+/// How often a VM whose lock stayed busy for many cycles is tried.
+const BUSY_BACKOFF: Duration = Duration::from_millis(1);
+
+/// A preemption due sooner than this is polled for; one due later is slept
+/// for until this long before.
+const PREEMPT_NEAR: Duration = Duration::from_millis(1);
+
 /// How long the scheduler polls for the next event before it sleeps.
 const POLL: Duration = Duration::from_micros(200);
 
@@ -95,8 +103,20 @@ struct Run<B: Backend> {
     /// When its current slice began, while it has one.
     slice: Option<Instant>,
     preempting: bool,
+    /// Preempted because its estimated device time reached the timeout; the
+    /// time the backend measures for the slice decides.
+    checking: bool,
     /// Aborted for running past the job timeout.
     timed_out: bool,
+}
+
+/// A job the backend gave back, for its VM's device model.
+struct Finish<B: Backend> {
+    vm: Weak<VmSlot<B>>,
+    ctx: u32,
+    id: JobId,
+    end: JobEnd,
+    device_ns: u64,
 }
 
 impl<B: Backend> Run<B> {
@@ -191,6 +211,10 @@ struct Loop<B: Backend> {
     preemptible: bool,
     next_id: JobId,
     done: Vec<Completion>,
+    /// Ends not yet delivered: their VM's lock was busy.
+    finishing: Vec<Finish<B>>,
+    /// Consecutive cycles that found a VM's lock busy.
+    busy_streak: u32,
 }
 
 impl<B: Backend> Loop<B> {
@@ -217,6 +241,8 @@ impl<B: Backend> Loop<B> {
             preemptible: caps.preemptible,
             next_id: 1,
             done: Vec::new(),
+            finishing: Vec::new(),
+            busy_streak: 0,
         })
     }
 
@@ -281,11 +307,25 @@ impl<B: Backend> Loop<B> {
     /// look again if nothing wakes the thread before.
     fn cycle(&mut self) -> Option<Duration> {
         self.completions();
+        let undelivered = self.deliver();
         self.watchdog();
-        let (retry, preempt_in) = self.dispatch();
+        let (busy, preempt_in) = self.dispatch();
         // Again, for the jobs just started.
         let mut wake = self.watchdog();
-        for w in [retry.then_some(RETRY), preempt_in].into_iter().flatten() {
+        // A VM that keeps its lock busy is tried less often, so that it
+        // cannot keep this thread spinning.
+        let stuck = busy || undelivered;
+        self.busy_streak = if stuck {
+            self.busy_streak.saturating_add(1)
+        } else {
+            0
+        };
+        let retry = stuck.then_some(if self.busy_streak > 16 {
+            BUSY_BACKOFF
+        } else {
+            RETRY
+        });
+        for w in [retry, preempt_in].into_iter().flatten() {
             wake = Some(wake.map_or(w, |x| x.min(w)));
         }
         self.utilisation();
@@ -307,24 +347,28 @@ impl<B: Backend> Loop<B> {
                 continue;
             };
             let ns = nanos(c.device_time);
-            self.s.metrics.add_busy(ns);
+            // Only the end of a slice counts: an abort of a yielded job
+            // reports no time and ends no slice.
             if run.slice.take().is_some() {
                 self.on_engine = self.on_engine.saturating_sub(1);
+                self.policy.stopped(run.job, ns);
             }
+            self.s.metrics.add_busy(ns);
             run.device_ns = run.device_ns.saturating_add(ns);
             run.preempting = false;
-            self.policy.stopped(run.job, ns);
-            let vm = run.vm.upgrade();
-            if let Some(vm) = &vm {
+            if let Some(vm) = run.vm.upgrade() {
                 vm.metrics.add_device_time(ns);
             }
             if c.outcome == Outcome::Yielded {
+                if std::mem::take(&mut run.checking)
+                    && Duration::from_nanos(run.device_ns) >= self.s.timeout
+                {
+                    run.timed_out = true;
+                    self.s.backend.abort(c.job);
+                }
                 continue;
             }
             let Some(run) = self.runs.remove(&c.job) else {
-                continue;
-            };
-            let Some(vm) = vm else {
                 continue;
             };
             let end = match &c.outcome {
@@ -335,18 +379,46 @@ impl<B: Backend> Loop<B> {
                 Outcome::Aborted | Outcome::Yielded => JobEnd::Aborted,
                 Outcome::Lost { reason, why } => JobEnd::Lost(*reason, why.clone()),
             };
-            // A panic in the device model poisons only this VM's lock.
-            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if let Ok(mut d) = vm.device.lock() {
-                    d.finish(run.job.ctx, c.job, end, Duration::from_nanos(run.device_ns));
-                }
-            }));
-            if delivered.is_err() {
-                tracing::error!("panic finishing a job; the VM is no longer served");
-            }
-            let _ = vm.completion.write(1);
+            self.finishing.push(Finish {
+                vm: run.vm,
+                ctx: run.job.ctx,
+                id: c.job,
+                end,
+                device_ns: run.device_ns,
+            });
         }
         self.done = done;
+    }
+
+    /// Gives ended jobs to their VMs' device models and wakes their vring
+    /// threads. A VM whose lock is busy is not waited for: its ends are
+    /// kept for the next cycle. True if some were kept.
+    fn deliver(&mut self) -> bool {
+        let mut kept = Vec::new();
+        for f in std::mem::take(&mut self.finishing) {
+            let Some(vm) = f.vm.upgrade() else {
+                continue;
+            };
+            let lock = vm.device.try_lock();
+            match lock {
+                Ok(mut d) => {
+                    // A panic in the device model poisons only this VM's
+                    // lock.
+                    let time = Duration::from_nanos(f.device_ns);
+                    let (ctx, id, end) = (f.ctx, f.id, f.end);
+                    let r = catch_unwind(AssertUnwindSafe(|| d.finish(ctx, id, end, time)));
+                    drop(d);
+                    if r.is_err() {
+                        tracing::error!("panic finishing a job; the VM is no longer served");
+                    }
+                    let _ = vm.completion.write(1);
+                }
+                Err(TryLockError::WouldBlock) => kept.push(f),
+                Err(TryLockError::Poisoned(_)) => {}
+            }
+        }
+        self.finishing = kept;
+        !self.finishing.is_empty()
     }
 
     /// Aborts jobs past the timeout; returns when the next one would be.
@@ -354,14 +426,24 @@ impl<B: Backend> Loop<B> {
         let now = Instant::now();
         let mut next: Option<Duration> = None;
         for (&id, run) in self.runs.iter_mut() {
-            if run.timed_out {
+            if run.timed_out || run.checking {
                 continue;
             }
             let used = run.used(now);
             if used >= self.s.timeout {
-                tracing::debug!(ctx = run.job.ctx, "job ran past the job timeout");
-                run.timed_out = true;
-                self.s.backend.abort(id);
+                if run.slice.is_some() && self.preemptible {
+                    // The estimate counts wall time; the backend measures
+                    // the slice when it stops (within one tile).
+                    run.checking = true;
+                    if !run.preempting {
+                        run.preempting = true;
+                        self.s.backend.preempt(id);
+                    }
+                } else {
+                    tracing::debug!(ctx = run.job.ctx, "job ran past the job timeout");
+                    run.timed_out = true;
+                    self.s.backend.abort(id);
+                }
             } else if run.slice.is_some() {
                 let left = self.s.timeout - used;
                 next = Some(next.map_or(left, |n| n.min(left)));
@@ -390,7 +472,7 @@ impl<B: Backend> Loop<B> {
                 continue;
             };
             let ready = match vm.device.try_lock() {
-                Ok(d) => d.runnable(),
+                Ok(d) => catch_unwind(AssertUnwindSafe(|| d.runnable())).unwrap_or_default(),
                 Err(TryLockError::WouldBlock) => {
                     retry = true;
                     continue;
@@ -436,7 +518,13 @@ impl<B: Backend> Loop<B> {
         }
         let mut due = None;
         if self.preemptible && !cands.is_empty() && self.on_engine >= self.engines {
-            due = self.preempt(&cands).map(|d| d.min(RETRY));
+            // Far from due: sleep until shortly before; close: poll.
+            due = self
+                .preempt(&cands)
+                .map(|d| match d.checked_sub(PREEMPT_NEAR) {
+                    Some(early) if early > PREEMPT_NEAR => early,
+                    _ => d.min(RETRY),
+                });
         }
         (retry, due)
     }
@@ -447,27 +535,30 @@ impl<B: Backend> Loop<B> {
             return false;
         };
         let id = self.next_id;
-        let job = match vm.device.try_lock() {
-            Ok(mut d) => d.start(c.ctx, id),
-            Err(_) => None,
+        let Ok(mut d) = vm.device.try_lock() else {
+            return false;
         };
+        let job = catch_unwind(AssertUnwindSafe(|| d.start(c.ctx, id))).unwrap_or(None);
         let Some(job) = job else {
             return false;
         };
+        // Submitted under the VM's lock: an abort the device model sends
+        // for this job (a destroy, a loss, a reset) comes after it.
+        self.s.backend.submit(id, job);
+        drop(d);
         self.next_id += 1;
-        let now = Instant::now();
         self.runs.insert(
             id,
             Run {
                 vm: Arc::downgrade(&vm),
                 job: c,
                 device_ns: 0,
-                slice: Some(now),
+                slice: Some(Instant::now()),
                 preempting: false,
+                checking: false,
                 timed_out: false,
             },
         );
-        self.s.backend.submit(id, job);
         true
     }
 

@@ -56,7 +56,12 @@ struct Vm {
     /// The virtual time of the context picked last.
     ctx_clock: u128,
     device_ns: u64,
+    /// Size of `ctxs` at which idle contexts are forgotten.
+    prune_at: usize,
 }
+
+/// The smallest context table that is pruned.
+const MIN_PRUNE: usize = 64;
 
 #[derive(Debug)]
 pub struct Policy {
@@ -95,6 +100,7 @@ impl Policy {
                 ctxs: BTreeMap::new(),
                 ctx_clock: 0,
                 device_ns: 0,
+                prune_at: MIN_PRUNE,
             },
         );
     }
@@ -105,6 +111,11 @@ impl Policy {
 
     pub fn has_vm(&self, vm: VmKey) -> bool {
         self.vms.contains_key(&vm)
+    }
+
+    /// Contexts the policy remembers for a VM.
+    pub fn contexts(&self, vm: VmKey) -> usize {
+        self.vms.get(&vm).map_or(0, |v| v.ctxs.len())
     }
 
     /// Device time charged to a VM so far.
@@ -197,11 +208,13 @@ impl Policy {
             s.in_flight = s.in_flight.saturating_sub(1);
             s.vtime += u128::from(ns);
         }
-        // A context at or below the floor is as good as new: forget it, so
-        // the table stays as small as the contexts that ran lately.
-        if v.ctxs.len() > 64 {
-            let floor = Self::floor(v.ctx_clock, u128::from(self.quantum_ns));
-            v.ctxs.retain(|_, s| s.in_flight > 0 || s.vtime > floor);
+        // Contexts come and go (a guest may create and destroy them in a
+        // loop): once the table has doubled, it keeps only the contexts on
+        // the NPU. A forgotten context comes back at the floor, at most a
+        // quantum of credit; the cost is amortised over the insertions.
+        if v.ctxs.len() > v.prune_at {
+            v.ctxs.retain(|_, s| s.in_flight > 0);
+            v.prune_at = (2 * v.ctxs.len()).max(MIN_PRUNE);
         }
     }
 

@@ -266,7 +266,10 @@ impl Engine {
     fn worker(self: Arc<Self>) {
         let mut last = None;
         while let Some((id, mut job, preempt, abort)) = self.next(last) {
-            let start = Instant::now();
+            // Device time is the engine thread's CPU time (time it was
+            // descheduled is not the job's), plus injected latency.
+            let start = thread_cpu();
+            let slept = job.latency.unwrap_or_default();
             // A panic in a kernel loses the job's context; the engine
             // lives on.
             let result = catch_unwind(AssertUnwindSafe(|| {
@@ -274,7 +277,7 @@ impl Engine {
                     !preempt.load(Ordering::Relaxed) && !abort.load(Ordering::Relaxed)
                 })
             }));
-            let used = start.elapsed();
+            let used = thread_cpu().saturating_sub(start) + slept;
             job.ctx.add_time(used);
             let mut t = lock(&self.table);
             let outcome = match result {
@@ -284,8 +287,10 @@ impl Engine {
                         slot.state = State::Paused;
                         slot.job = Some(job);
                     }
-                    drop(t);
+                    // Reported before the lock is let go: an abort of the
+                    // paused job is reported after this slice's time.
                     self.complete(id, Outcome::Yielded, used);
+                    drop(t);
                     last = Some(Instant::now());
                     continue;
                 }
@@ -316,6 +321,18 @@ impl Engine {
     }
 }
 
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| {
+            Duration::new(
+                t.tv_sec().max(0) as u64,
+                t.tv_nsec().clamp(0, 999_999_999) as u32,
+            )
+        })
+        .unwrap_or_default()
+}
+
 /// Runs one slice of a job on the buffers' current guest memory.
 pub(super) fn slice(job: &mut SimJob, go: &mut dyn FnMut() -> bool) -> Result<Progress, ExecError> {
     if job.panic {
@@ -336,3 +353,6 @@ pub(super) fn slice(job: &mut SimJob, go: &mut dyn FnMut() -> bool) -> Result<Pr
         .map_err(|e| ExecError::OutOfRange(e.to_string()))?;
     job.exec.run(&bos, go)
 }
+
+#[cfg(test)]
+mod tests;

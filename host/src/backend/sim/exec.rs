@@ -30,8 +30,8 @@ pub struct Tile {
 }
 
 impl Tile {
-    /// At most about 0.7 ms of one core of this project's reference
-    /// machine (see the README's benchmark).
+    /// At most about a millisecond of one core of this project's reference
+    /// machine (the sharing benchmark reports the longest step).
     pub const SLICED: Tile = Tile {
         macs: 1 << 24,
         elems: 1 << 16,
@@ -77,7 +77,10 @@ impl Exec {
         bos: &[BoMem<'_>],
         go: &mut dyn FnMut() -> bool,
     ) -> Result<Progress, ExecError> {
-        if self.staging.is_empty() {
+        // NOP and COPY need no working memory (appendix A), not even the
+        // staging buffer.
+        let needs = |op: &OpDesc| !matches!(op, OpDesc::Nop | OpDesc::Copy { .. });
+        if self.staging.is_empty() && self.ops.iter().any(needs) {
             self.staging = io::staging()?;
         }
         loop {
@@ -143,6 +146,13 @@ struct OpRun {
     patches: Vec<f32>,
     /// Lengths `out`, `acc` and `patches` are zeroed to.
     lens: [usize; 3],
+    /// Within a row longer than a tile (im2col, softmax): elements done.
+    sub: u64,
+    /// Softmax within a long row: the pass (max, exponentials, division)
+    /// and what the earlier passes found.
+    pass: u8,
+    max: f32,
+    sum: f32,
 }
 
 fn conv_of(t: &TensorDesc) -> Conv {
@@ -208,6 +218,10 @@ impl OpRun {
             acc: Vec::new(),
             patches: Vec::new(),
             lens: [0; 3],
+            sub: 0,
+            pass: 0,
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
         }
     }
 
@@ -270,7 +284,7 @@ impl OpRun {
                 self.im2col(tile)?;
                 Ok(false)
             }
-            Phase::Compute => self.compute(bos, tile, staging),
+            Phase::Compute => self.compute(bos, tile),
             Phase::Store => self.store(bos, tile, staging),
         }
     }
@@ -322,37 +336,55 @@ impl OpRun {
             return Err(ExecError::Failed("im2col of another op".into()));
         };
         let [_, h, w, c] = input.dims.map(|d| d as usize);
-        let [kh, kw, _, oc] = filter.dims.map(|d| d as usize);
+        let [_, kw, _, oc] = filter.dims.map(|d| d as usize);
         let [_, oh, ow, _] = out.dims.map(|d| d as usize);
         let (sh, sw) = (stride[0] as usize, stride[1] as usize);
         let (pt, pl) = (pad[0] as usize, pad[1] as usize);
         let (rows, cols) = conv_rows_cols(&filter, &out);
         let x = self.arrays.first().ok_or_else(|| failed("conv2d input"))?;
-        let n = chunk(self.pos, rows as u64, tile.elems / cols.max(1) as u64);
-        for r in range(self.pos, n) {
+        let patches = &mut self.patches;
+        // Patch elements [from, to) of row r; padding stays zero.
+        let mut fill = |r: usize, from: usize, to: usize| -> Result<(), ExecError> {
             let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
-            let base = r * cols;
-            for ky in 0..kh {
+            let mut e = from;
+            while e < to {
+                let (k, ch) = (e / c, e % c);
+                let run = (c - ch).min(to - e);
+                let (ky, kx) = (k / kw, k % kw);
                 let iy = (oy * sh + ky).wrapping_sub(pt);
-                if iy >= h {
-                    continue;
-                }
-                for kx in 0..kw {
-                    let ix = (ox * sw + kx).wrapping_sub(pl);
-                    if ix >= w {
-                        continue;
-                    }
-                    let s = ((b * h + iy) * w + ix) * c;
-                    let d = base + (ky * kw + kx) * c;
-                    let src = x.get(s..s + c).ok_or_else(|| failed("conv2d input"))?;
-                    self.patches
-                        .get_mut(d..d + c)
+                let ix = (ox * sw + kx).wrapping_sub(pl);
+                if iy < h && ix < w {
+                    let s = ((b * h + iy) * w + ix) * c + ch;
+                    let d = r * cols + e;
+                    let src = x.get(s..s + run).ok_or_else(|| failed("conv2d input"))?;
+                    patches
+                        .get_mut(d..d + run)
                         .ok_or_else(|| failed("conv2d patch"))?
                         .copy_from_slice(src);
                 }
+                e += run;
+            }
+            Ok(())
+        };
+        if self.sub == 0 && cols as u64 <= tile.elems {
+            // Whole rows.
+            let n = chunk(self.pos, rows as u64, tile.elems / cols.max(1) as u64);
+            for r in range(self.pos, n) {
+                fill(r, 0, cols)?;
+            }
+            self.pos += n;
+        } else {
+            // Part of a row longer than a tile.
+            let from = self.sub as usize;
+            let to =
+                cols.min(from.saturating_add(usize::try_from(tile.elems).unwrap_or(usize::MAX)));
+            fill(self.pos as usize, from, to)?;
+            self.sub = to as u64;
+            if to == cols {
+                self.sub = 0;
+                self.pos += 1;
             }
         }
-        self.pos += n;
         if self.pos == rows as u64 {
             // The input is in the patches now.
             if let Some(x) = self.arrays.first_mut() {
@@ -364,18 +396,13 @@ impl OpRun {
         Ok(())
     }
 
-    fn compute(
-        &mut self,
-        bos: &[BoMem<'_>],
-        tile: &Tile,
-        staging: &mut [u8],
-    ) -> Result<bool, ExecError> {
+    fn compute(&mut self, bos: &[BoMem<'_>], tile: &Tile) -> Result<bool, ExecError> {
         match self.op {
             OpDesc::Nop => return Ok(true),
             OpDesc::Copy { src, dst } => {
                 let total = src.elems();
                 let n = chunk(self.pos, total, tile.elems);
-                io::copy(bos, &src, &dst, self.pos, n, staging)?;
+                io::copy(bos, &src, &dst, self.pos, n)?;
                 self.pos += n;
                 return Ok(self.pos == total);
             }
@@ -392,26 +419,9 @@ impl OpRun {
                 }
             }
             OpDesc::Softmax { input, .. } => {
+                self.softmax(&input, tile)?;
                 let row = input.dims().last().map_or(1, |&d| u64::from(d));
-                let rows = input.elems() / row;
-                let n = chunk(self.pos, rows, tile.elems / row);
-                let v = self.arrays.first_mut().ok_or_else(|| failed("softmax"))?;
-                let part = v
-                    .get_mut(range(self.pos * row, n * row))
-                    .ok_or_else(|| failed("softmax"))?;
-                for r in part.chunks_mut(row as usize) {
-                    let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for x in r.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    for x in r.iter_mut() {
-                        *x /= sum;
-                    }
-                }
-                self.pos += n;
-                if self.pos == rows {
+                if self.pos == input.elems() / row {
                     self.next_phase(Phase::Store);
                 }
             }
@@ -430,6 +440,59 @@ impl OpRun {
             }
         }
         Ok(false)
+    }
+
+    /// Softmax over the last axis: whole rows a tile at a time, or a row
+    /// longer than a tile in three passes (max, exponentials and their sum,
+    /// division) of a tile each. Either way each row is summed in the same
+    /// order, so the results are the same.
+    fn softmax(&mut self, input: &TensorDesc, tile: &Tile) -> Result<(), ExecError> {
+        let row = input.dims().last().map_or(1, |&d| u64::from(d));
+        let rows = input.elems() / row;
+        let v = self.arrays.first_mut().ok_or_else(|| failed("softmax"))?;
+        if self.sub == 0 && self.pass == 0 && row <= tile.elems {
+            let n = chunk(self.pos, rows, tile.elems / row);
+            let part = v
+                .get_mut(range(self.pos * row, n * row))
+                .ok_or_else(|| failed("softmax"))?;
+            for r in part.chunks_mut(row as usize) {
+                let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for x in r.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for x in r.iter_mut() {
+                    *x /= sum;
+                }
+            }
+            self.pos += n;
+            return Ok(());
+        }
+        let n = chunk(self.sub, row, tile.elems);
+        let part = v
+            .get_mut(range(self.pos * row + self.sub, n))
+            .ok_or_else(|| failed("softmax"))?;
+        match self.pass {
+            0 => self.max = part.iter().copied().fold(self.max, f32::max),
+            1 => {
+                for x in part.iter_mut() {
+                    *x = (*x - self.max).exp();
+                    self.sum += *x;
+                }
+            }
+            _ => part.iter_mut().for_each(|x| *x /= self.sum),
+        }
+        self.sub += n;
+        if self.sub == row {
+            self.sub = 0;
+            self.pass += 1;
+            if self.pass == 3 {
+                (self.pass, self.max, self.sum) = (0, f32::NEG_INFINITY, 0.0);
+                self.pos += 1;
+            }
+        }
+        Ok(())
     }
 
     fn binary(

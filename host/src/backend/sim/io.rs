@@ -235,7 +235,6 @@ pub(super) fn copy(
     dst: &TensorDesc,
     start: u64,
     count: u64,
-    staging: &mut [u8],
 ) -> Result<(), ExecError> {
     let (s, d) = (bo(bos, src)?, bo(bos, dst)?);
     let es = src.dtype.size();
@@ -246,13 +245,16 @@ pub(super) fn copy(
         .ok_or_else(overflow)?;
     for_runs(src, start, count, |Run { off, n, repeat }| {
         if repeat {
-            // One element, replicated through the staging buffer.
+            // One element, replicated through a buffer on the stack (COPY
+            // has no working memory).
             let es = es as usize;
             let mut one = [0u8; 4];
             let one = one
                 .get_mut(..es)
                 .ok_or_else(|| ExecError::Failed("element wider than 4 bytes".into()))?;
             s.read(off, one).map_err(mem_err)?;
+            let mut stack = [0u8; 4096];
+            let staging = &mut stack[..];
             let per = (staging.len() / es).max(1);
             let mut left = n;
             while left > 0 {

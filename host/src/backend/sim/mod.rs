@@ -33,7 +33,7 @@ pub struct Faults {
     #[serde(default)]
     pub fail_jobs: Vec<u64>,
     /// Jobs that never end: the daemon's job timeout loses their context.
-    /// A hung job holds no engine.
+    /// A hung job holds no engine thread.
     #[serde(default)]
     pub hang_jobs: Vec<u64>,
     /// Jobs whose kernel panics (the NPU failing): their context is lost

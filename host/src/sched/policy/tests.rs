@@ -339,3 +339,39 @@ fn the_time_to_preempt_is_when_the_lead_passes_a_quantum() {
         assert_eq!(p.preempt(&at(ns), &[b]), Preempt::Now(0), "{weights:?}");
     }
 }
+
+#[test]
+fn contexts_that_come_and_go_do_not_grow_the_policy() {
+    let mut p = Policy::new(QUANTUM);
+    p.add_vm(1, 1);
+    // A guest creating a context, running one job on it and destroying it,
+    // over and over: fresh context ids every time.
+    let mut most = 0;
+    for ctx in 1..=100_000u32 {
+        let c = Candidate {
+            vm: 1,
+            ctx,
+            priority: 0,
+        };
+        assert_eq!(p.pick(&[c]), Some(0));
+        p.stopped(c, 50_000 + u64::from(ctx % 7) * 1000);
+        most = most.max(p.contexts(1));
+    }
+    assert!(most <= 2 * MIN_PRUNE, "{most} contexts remembered");
+}
+
+#[test]
+fn extreme_weights_keep_their_ratio() {
+    let mut s = Sim::new(1);
+    s.vm(1, MAX_WEIGHT);
+    s.vm(2, 1);
+    s.ctx(1, 0, |_| 300_000);
+    s.ctx(2, 0, |_| 300_000);
+    s.run(100_000);
+    let b = s.share(2);
+    let want = 1.0 / f64::from(MAX_WEIGHT + 1);
+    // VM 2 still runs, at about its weight's share (a job of 0.3 ms at a
+    // time, so the share is measured over few of its jobs).
+    assert!(s.ctxs[1].jobs >= 1, "the weight-1 VM never ran");
+    assert!(b < 20.0 * want, "weight 1 got {b}, want about {want}");
+}

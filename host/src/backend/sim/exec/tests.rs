@@ -324,9 +324,11 @@ fn sliced_and_resumed_jobs_compute_what_whole_ops_compute() {
     ];
     let (whole, calls) = run_all(&ops, &init, Tile::WHOLE, false);
     assert_eq!(calls, 1);
+    // Tiles shorter than a softmax row (600) and a patch row (144): both
+    // are split inside the row.
     let small = Tile {
         macs: 1 << 20,
-        elems: 1000,
+        elems: 100,
     };
     let (sliced, calls) = run_all(&ops, &init, small, true);
     assert!(calls > 100, "{calls} steps: the ops were not sliced");

@@ -569,6 +569,9 @@ fn a_wait_on_a_fence_signalled_before_its_context_went_away_is_satisfied() {
     let v1 = g.submit_async(&nop(v, 1, &[]));
     let w3 = g.submit_async(&nop(w, 3, &[(v, 1)]));
     wait_until(|| d.vm_stats(0).unwrap().counts.running == 1);
+    // On the engine, in its 100 ms: a destroy now cannot abort it before
+    // it starts (a NOP, once started, ends in one step).
+    std::thread::sleep(Duration::from_millis(20));
     assert_status(g.ctx_destroy(v), OK);
     assert_status(g.wait_submit(v1).status(), OK);
     assert_status(g.wait_submit(w3).status(), OK);
@@ -579,6 +582,9 @@ fn a_wait_on_a_fence_signalled_before_its_context_went_away_is_satisfied() {
     let v2 = g.submit_async(&nop(v, 2, &[]));
     let w4 = g.submit_async(&nop(w, 4, &[(v, 2)]));
     wait_until(|| d.vm_stats(0).unwrap().counts.running == 1);
+    // On the engine, in its 100 ms: a destroy now cannot abort it before
+    // it starts (a NOP, once started, ends in one step).
+    std::thread::sleep(Duration::from_millis(20));
     assert_status(g.ctx_destroy(v), OK);
     assert_status(g.wait_submit(v1).status(), OK);
     assert_status(g.wait_submit(v2).status(), CANCELED);
@@ -626,18 +632,7 @@ fn error_answers_carry_no_device_time() {
 }
 
 fn nop(ctx: u32, fence: u64, waits: &[(u32, u64)]) -> Request {
-    Guest::submit_request(
-        ctx,
-        fence,
-        &[],
-        waits,
-        CmdSource::Inline(
-            Program {
-                ops: vec![OpDesc::Nop],
-            }
-            .encode(),
-        ),
-    )
+    Guest::nop_request(ctx, fence, waits, 1)
 }
 
 #[test]
@@ -823,18 +818,7 @@ impl Backend for Flaky {
 }
 
 fn nops(ctx: u32, fence: u64, n: usize) -> Request {
-    Guest::submit_request(
-        ctx,
-        fence,
-        &[],
-        &[],
-        CmdSource::Inline(
-            Program {
-                ops: vec![OpDesc::Nop; n],
-            }
-            .encode(),
-        ),
-    )
+    Guest::nop_request(ctx, fence, &[], n)
 }
 
 #[test]

@@ -8,37 +8,22 @@
 //! target/bench-accel.json). `--quick` runs each part for a fraction of a
 //! second, so CI keeps the program working; its numbers mean little.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
+use serde_json::json;
 use vhost_device_accel::backend::sim::{SimNpu, Tile};
-use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
+use vhost_device_accel::memory::MemStats;
 use vhost_device_accel::Config;
 use virtio_accel_guest::workloads::{self, Workload};
+use virtio_accel_integration::bench::{buffers, pct, Opts, Report};
 use virtio_accel_integration::*;
 use virtio_accel_protocol::snpu::{DType, OpDesc, Program, TensorDesc};
 use virtio_accel_protocol::*;
 use vmm_sys_util::eventfd::EventFd;
-
-struct Opts {
-    quick: bool,
-    json: String,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    percentile(v, 0.5)
-}
 
 /// p50 and p99 in microseconds of `n` timed calls of `f` after warm-up.
 fn latency(n: usize, mut f: impl FnMut()) -> (f64, f64) {
@@ -51,8 +36,7 @@ fn latency(n: usize, mut f: impl FnMut()) -> (f64, f64) {
         f();
         v.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (percentile(&v, 0.5), percentile(&v, 0.99))
+    (pct(&v, 0.5), pct(&v, 0.99))
 }
 
 /// Restricts this thread (and every thread it creates from now on) to
@@ -98,7 +82,7 @@ fn caps_request() -> Vec<u8> {
     .encode()
 }
 
-fn round_trip(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+fn round_trip(o: &Opts, r: &mut Report) {
     let n = if o.quick { 2_000 } else { 100_000 };
     let all = sched_getaffinity(Pid::from_raw(0)).unwrap();
     let req = caps_request();
@@ -141,11 +125,11 @@ fn round_trip(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String
             } else {
                 "echo"
             };
-            rows.push(format!(
+            r.rows.push(format!(
                 "round trip {m:5} {tag:8} | p50 {:7.2} µs p99 {:7.2} µs | echo p50 {:7.2} µs | eventfd p50 {:7.2} µs | {:.2}x {floor_name} floor",
                 accel.0, accel.1, floor_echo.0, floor_efd.0, accel.0 / floor.0
             ));
-            out.insert(
+            r.out.insert(
                 format!("round_trip.{m}.{tag}"),
                 json!({
                     "p50_us": accel.0, "p99_us": accel.1,
@@ -159,22 +143,7 @@ fn round_trip(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String
     }
 }
 
-fn nop_request(ctx: u32, fence: u64) -> Request {
-    Guest::submit_request(
-        ctx,
-        fence,
-        &[],
-        &[],
-        CmdSource::Inline(
-            Program {
-                ops: vec![OpDesc::Nop],
-            }
-            .encode(),
-        ),
-    )
-}
-
-fn throughput(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+fn throughput(o: &Opts, r: &mut Report) {
     let jobs = if o.quick { 500 } else { 50_000 };
     let d = Daemon::start(Config::default(), 1);
     for depth in [1usize, 16, 64] {
@@ -188,7 +157,7 @@ fn throughput(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String
         while done < jobs {
             while inflight < depth && fence < jobs as u64 {
                 fence += 1;
-                g.submit_async(&nop_request(c, fence));
+                g.submit_async(&Guest::nop_request(c, fence, &[], 1));
                 inflight += 1;
             }
             let (_, r) = g.wait_any_submit();
@@ -197,10 +166,10 @@ fn throughput(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String
             done += 1;
         }
         let rate = jobs as f64 / t.elapsed().as_secs_f64();
-        rows.push(format!(
+        r.rows.push(format!(
             "no-op jobs, depth {depth:2}   | {rate:10.0} jobs/s"
         ));
-        out.insert(
+        r.out.insert(
             format!("throughput.depth{depth}"),
             json!({ "jobs_per_s": rate }),
         );
@@ -210,14 +179,14 @@ fn throughput(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String
     }
 }
 
-fn data_path(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+fn data_path(o: &Opts, r: &mut Report) {
     let size: usize = 64 << 20;
     let reps = if o.quick { 2 } else { 10 };
     // memcpy of the same size, prefaulted.
     let src = vec![1u8; size];
     let mut dst = vec![0u8; size];
     dst.copy_from_slice(&src);
-    let mut t_memcpy: Vec<f64> = (0..reps)
+    let t_memcpy: Vec<f64> = (0..reps)
         .map(|_| {
             let t = Instant::now();
             dst.copy_from_slice(std::hint::black_box(&src));
@@ -225,7 +194,7 @@ fn data_path(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>
             t.elapsed().as_secs_f64()
         })
         .collect();
-    let memcpy_gbs = size as f64 / median(&mut t_memcpy) / 1e9;
+    let memcpy_gbs = size as f64 / pct(&t_memcpy, 0.5) / 1e9;
     drop((src, dst));
 
     let d = Daemon::start(Config::default(), 1);
@@ -272,19 +241,19 @@ fn data_path(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>
     }
     let after = d.vm_stats(0).unwrap();
     assert_eq!(g.read_bo(&b, (size - 16) as u64, 16), vec![3u8; 16]);
-    let copy_gbs = size as f64 / median(&mut times) / 1e9;
+    let copy_gbs = size as f64 / pct(&times, 0.5) / 1e9;
     let jobs = reps as u64 + 1;
     let staged = after.npu_bytes_read - before.npu_bytes_read;
     let written = after.npu_bytes_written - before.npu_bytes_written;
     let cmd = after.cmd_bytes_copied - before.cmd_bytes_copied;
-    rows.push(format!(
+    r.rows.push(format!(
         "copy job 64 MiB          | {copy_gbs:6.2} GB/s vs memcpy {memcpy_gbs:6.2} GB/s = {:5.1}% | NPU writes {} B/job, staged reads {} B, daemon copies beyond output 0 B + {} B of command stream",
         100.0 * copy_gbs / memcpy_gbs,
         written / jobs,
         staged,
         cmd / jobs,
     ));
-    out.insert(
+    r.out.insert(
         "data_path".into(),
         json!({
             "copy_gb_s": copy_gbs, "memcpy_gb_s": memcpy_gbs, "ratio": copy_gbs / memcpy_gbs,
@@ -298,29 +267,13 @@ fn data_path(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>
 /// Runs a workload natively: the same software NPU on the same inputs,
 /// called directly on memory of this process.
 fn native(w: &Workload, reps: usize) -> f64 {
-    let total: u64 = w.bos.iter().map(|b| b.size.next_multiple_of(4096)).sum();
-    let mem = GuestMem::from_ranges(&[(vm_memory::GuestAddress(0), total as usize)]).unwrap();
+    let (mem, backings) = buffers(w);
     let stats = MemStats::default();
-    let mut at = 0u64;
-    let backings: Vec<Backing> = w
-        .bos
-        .iter()
-        .map(|b| {
-            let r = Backing::new(vec![(at, b.size as u32)]);
-            at += b.size.next_multiple_of(4096);
-            r
-        })
-        .collect();
     let bos: Vec<_> = backings
         .iter()
         .map(|b| b.resolve(&mem, &stats).unwrap())
         .collect();
-    for (bo, spec) in bos.iter().zip(&w.bos) {
-        if !spec.init.is_empty() {
-            bo.write(0, &spec.init).unwrap();
-        }
-    }
-    let mut t: Vec<f64> = (0..reps + 2)
+    let t: Vec<f64> = (0..reps + 2)
         .map(|_| {
             let t = Instant::now();
             SimNpu::run_program(&w.program, &bos, Tile::WHOLE).unwrap();
@@ -331,10 +284,10 @@ fn native(w: &Workload, reps: usize) -> f64 {
     let mut out = vec![0u8; w.output_len()];
     bos[w.output.0].read(w.output.1, &mut out).unwrap();
     w.check(&out).unwrap();
-    median(&mut t)
+    pct(&t, 0.5)
 }
 
-fn inference(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+fn inference(o: &Opts, r: &mut Report) {
     let reps = if o.quick { 5 } else { 300 };
     // About 1 ms of compute each on the software NPU.
     let ws = [
@@ -368,8 +321,8 @@ fn inference(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>
             }
         }
         w.check(&g.output(w, &l)).unwrap();
-        let virt = median(&mut t);
-        let npu = median(&mut dev);
+        let virt = pct(&t, 0.5);
+        let npu = pct(&dev, 0.5);
         // Throughput: four jobs kept in flight, time per job.
         let s = Instant::now();
         let mut inflight = 0;
@@ -389,7 +342,7 @@ fn inference(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>
         let nat = native(w, reps);
         let lat = 100.0 * (virt - nat) / nat;
         let thr = 100.0 * (per_job - nat) / nat;
-        rows.push(format!(
+        r.rows.push(format!(
             "{:<10} inference     | native {:6.3} ms | depth 1: {:6.3} ms (NPU {:6.3} ms + transport {:5.1} µs), overhead {lat:5.1}% | depth 4: {:6.3} ms/job, overhead {thr:5.1}%",
             w.name,
             nat * 1e3,
@@ -398,7 +351,7 @@ fn inference(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>
             (virt - npu) * 1e6,
             per_job * 1e3,
         ));
-        out.insert(
+        r.out.insert(
             format!("inference.{}", w.name),
             json!({
                 "native_ms": nat * 1e3,
@@ -410,7 +363,7 @@ fn inference(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>
     }
 }
 
-fn scaling(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+fn scaling(o: &Opts, r: &mut Report) {
     let secs = if o.quick { 0.3 } else { 3.0 };
     // A job of a few hundred microseconds, so the shared NPU is what the
     // VMs compete for.
@@ -455,11 +408,11 @@ fn scaling(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) 
         if vms == 1 {
             base = total;
         }
-        rows.push(format!(
+        r.rows.push(format!(
             "{vms} VM(s), MLP jobs       | aggregate {total:8.0} jobs/s = {:5.1}% of 1 VM | Jain {jain:.4}",
             100.0 * total / base
         ));
-        out.insert(
+        r.out.insert(
             format!("scaling.vms{vms}"),
             json!({ "aggregate_jobs_per_s": total, "per_vm": rates, "ratio_to_one_vm": total / base, "jain": jain }),
         );
@@ -467,37 +420,12 @@ fn scaling(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) 
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let opts = Opts {
-        quick: args.iter().any(|a| a == "--quick"),
-        json: args
-            .iter()
-            .position(|a| a == "--json")
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| {
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-accel.json").into()
-            }),
-    };
-    let mut out = BTreeMap::new();
-    let mut rows = Vec::new();
-    let t = Instant::now();
-    round_trip(&opts, &mut out, &mut rows);
-    throughput(&opts, &mut out, &mut rows);
-    data_path(&opts, &mut out, &mut rows);
-    inference(&opts, &mut out, &mut rows);
-    scaling(&opts, &mut out, &mut rows);
-    println!(
-        "virtio-accel benchmark ({} mode, {:.1} s)",
-        if opts.quick { "quick" } else { "full" },
-        t.elapsed().as_secs_f64()
-    );
-    for r in &rows {
-        println!("  {r}");
-    }
-    out.insert(
-        "machine".into(),
-        json!({ "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "quick": opts.quick }),
-    );
-    std::fs::write(&opts.json, serde_json::to_string_pretty(&out).unwrap()).unwrap();
-    println!("figures written to {}", opts.json);
+    let opts = Opts::from_args("accel");
+    let mut report = Report::default();
+    round_trip(&opts, &mut report);
+    throughput(&opts, &mut report);
+    data_path(&opts, &mut report);
+    inference(&opts, &mut report);
+    scaling(&opts, &mut report);
+    report.finish("virtio-accel benchmark", &opts);
 }

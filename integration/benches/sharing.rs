@@ -10,48 +10,19 @@
 //! repeated rounds (median and range), the slicing cost from paired,
 //! interleaved rounds (sliced, unsliced, unsliced, sliced, …).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use vhost_device_accel::backend::sim::{Exec, Progress, SimNpu, Tile};
-use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
+use vhost_device_accel::memory::MemStats;
 use vhost_device_accel::Config;
 use virtio_accel_guest::workloads::{self, Workload};
+use virtio_accel_integration::bench::{buffers, pct, spread, Opts, Report};
 use virtio_accel_integration::*;
-use virtio_accel_protocol::snpu::{DType, OpDesc, Program, TensorDesc};
 use virtio_accel_protocol::*;
-
-struct Opts {
-    quick: bool,
-    json: String,
-    /// Run only the parts whose name contains this (`--only NAME`).
-    only: Option<String>,
-}
-
-impl Opts {
-    fn runs(&self, part: &str) -> bool {
-        self.only.as_ref().is_none_or(|o| part.contains(o.as_str()))
-    }
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let s = sorted(v.to_vec());
-    s[((s.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// Median and range of per-round figures.
-fn spread(v: &[f64]) -> (f64, f64, f64) {
-    let s = sorted(v.to_vec());
-    (pct(&s, 0.5), s[0], s[s.len() - 1])
-}
 
 /// The config every part uses: one engine.
 fn config() -> Config {
@@ -157,7 +128,7 @@ fn jain(x: &[f64]) -> f64 {
     s * s / (x.len() as f64 * x.iter().map(|v| v * v).sum::<f64>())
 }
 
-fn fairness(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+fn fairness(o: &Opts, r: &mut Report) {
     let (rounds, secs) = if o.quick { (1, 0.3) } else { (5, 2.0) };
     let big = mlp_of(10.0, 1);
     let small = mlp_of(0.5, 2);
@@ -168,11 +139,11 @@ fn fairness(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>)
             .map(|_| contend(&weights, &loads, secs).0[0])
             .collect();
         let (m, lo, hi) = spread(&shares);
-        rows.push(format!(
+        r.rows.push(format!(
             "weights {name:<5} A {nb:5.2} ms jobs ×8, B {ns:4.2} ms jobs ×1 | A's share {:5.1}% [{:5.1}–{:5.1}] over {rounds} rounds (target {:.0}% ± 5)",
             m * 100.0, lo * 100.0, hi * 100.0, target * 100.0
         ));
-        out.insert(
+        r.out.insert(
             format!("fairness.{name}"),
             json!({ "a_job_ms": nb, "b_job_ms": ns, "a_share": shares, "median": m, "target": target }),
         );
@@ -188,16 +159,16 @@ fn fairness(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>)
         .map(|_| jain(&contend(&[1; 8], &loads, secs).0))
         .collect();
     let (m, lo, hi) = spread(&js);
-    rows.push(format!(
+    r.rows.push(format!(
         "8 VMs, jobs 0.1–10 ms, equal weights    | Jain index over device time {m:.4} [{lo:.4}–{hi:.4}] (target ≥ 0.99)"
     ));
-    out.insert(
+    r.out.insert(
         "fairness.eight_vms".into(),
         json!({ "sizes_ms": sizes, "jain": js }),
     );
 }
 
-fn noisy_neighbour(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+fn noisy_neighbour(o: &Opts, r: &mut Report) {
     let (pairs, secs) = if o.quick { (1, 0.3) } else { (4, 2.0) };
     let big = mlp_of(10.0, 1);
     let small = mlp_of(0.5, 2);
@@ -220,46 +191,20 @@ fn noisy_neighbour(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<S
     let (s, slo, shi) = spread(&solo);
     let (b, blo, bhi) = spread(&beside);
     let quantum_ms = config().quantum_us as f64 / 1e3;
-    rows.push(format!(
+    r.rows.push(format!(
         "noisy neighbour: B's p99 solo {s:5.2} ms [{slo:.2}–{shi:.2}], beside A {b:5.2} ms [{blo:.2}–{bhi:.2}] | +{:.2} ms (target ≤ 2 slices = {:.1} ms); p50 {:.2} → {:.2} ms",
         b - s,
         2.0 * quantum_ms,
         spread(&solo50).0,
         spread(&beside50).0,
     ));
-    out.insert(
+    r.out.insert(
         "noisy_neighbour".into(),
         json!({ "solo_p99_ms": solo, "beside_p99_ms": beside, "solo_p50_ms": solo50, "beside_p50_ms": beside50, "slice_ms": quantum_ms }),
     );
 }
 
-/// The 2048×2048×2048 f32 MATMUL with 4-byte inputs (stride 0).
-fn long_op(g: &mut Guest, ctx: u32) -> Request {
-    let n = 2048u32;
-    let a = g.bo(ctx, 4, Layout::Contiguous);
-    let b = g.bo(ctx, 4, Layout::Contiguous);
-    let c = g.bo(ctx, u64::from(n * n) * 4, Layout::Contiguous);
-    let mut ta = TensorDesc::dense(0, DType::F32, 0, &[n, n]);
-    ta.strides = [0; 4];
-    let mut tb = ta;
-    tb.bo_index = 1;
-    let p = Program {
-        ops: vec![OpDesc::MatMul {
-            a: ta,
-            b: tb,
-            out: TensorDesc::dense(2, DType::F32, 0, &[n, n]),
-            quant: None,
-        }],
-    };
-    let bos = [
-        (a.handle, VIRTIO_ACCEL_ACCESS_READ),
-        (b.handle, VIRTIO_ACCEL_ACCESS_READ),
-        (c.handle, VIRTIO_ACCEL_ACCESS_WRITE),
-    ];
-    Guest::submit_request(ctx, 1, &bos, &[], CmdSource::Inline(p.encode()))
-}
-
-fn timeout(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+fn timeout(o: &Opts, r: &mut Report) {
     let rounds = if o.quick { 1 } else { 5 };
     let mut cfg = config();
     cfg.job_timeout_ms = 100;
@@ -271,7 +216,7 @@ fn timeout(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) 
         let mut b = Guest::connect(d.socket(1), GuestOptions::default());
         let ca = a.ctx_create();
         let cb = b.ctx_create();
-        let req = long_op(&mut a, ca);
+        let req = a.broadcast_matmul(ca, 2048);
         let t = Instant::now();
         let p = a.submit_async(&req);
         while d.vm_stats(0).unwrap().counts.running == 0 {
@@ -283,7 +228,10 @@ fn timeout(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) 
         while d.vm_stats(0).unwrap().counts.jobs > 0 {
             f += 1;
             let s = Instant::now();
-            assert_eq!(b.submit(&nop(cb, f)).status(), VIRTIO_ACCEL_RESP_OK);
+            assert_eq!(
+                b.submit(&Guest::nop_request(cb, f, &[], 1)).status(),
+                VIRTIO_ACCEL_RESP_OK
+            );
             lat.push(s.elapsed().as_secs_f64() * 1e3);
         }
         let r = a.wait_submit(p);
@@ -299,50 +247,18 @@ fn timeout(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) 
     let (m, mlo, mhi) = spread(&nop_max);
     let (p, plo, phi) = spread(&nop_p99);
     let q = cfg.quantum_us as f64 / 1e3;
-    rows.push(format!(
-        "2048³ MATMUL, timeout 100 ms: lost after {u:6.1} ms [{ulo:.1}–{uhi:.1}] of its device time (target ≤ 100 + 1 slice), {l:.1} ms wall beside B"
+    let limit = cfg.job_timeout_ms;
+    r.rows.push(format!(
+        "2048³ MATMUL, timeout {limit} ms: lost after {u:6.1} ms [{ulo:.1}–{uhi:.1}] of its device time (target ≤ {limit} + 1 slice), {l:.1} ms wall beside B"
     ));
-    rows.push(format!(
+    r.rows.push(format!(
         "  … B's NOPs meanwhile: p99 {p:.2} ms [{plo:.2}–{phi:.2}], max {m:.2} ms [{mlo:.2}–{mhi:.2}] (target ≤ 2 slices = {:.1} ms)",
         2.0 * q
     ));
-    out.insert(
+    r.out.insert(
         "timeout".into(),
-        json!({ "lost_after_device_ms": used_ms, "lost_after_wall_ms": lost_ms, "b_nop_max_ms": nop_max, "b_nop_p99_ms": nop_p99, "timeout_ms": 100 }),
+        json!({ "lost_after_device_ms": used_ms, "lost_after_wall_ms": lost_ms, "b_nop_max_ms": nop_max, "b_nop_p99_ms": nop_p99, "timeout_ms": limit }),
     );
-}
-
-fn nop(ctx: u32, fence: u64) -> Request {
-    let p = Program {
-        ops: vec![OpDesc::Nop],
-    };
-    Guest::submit_request(ctx, fence, &[], &[], CmdSource::Inline(p.encode()))
-}
-
-/// Buffers for `w` in fresh guest memory, filled with its inputs.
-fn buffers(w: &Workload) -> (GuestMem, Vec<Backing>) {
-    let total: u64 = w.bos.iter().map(|b| b.size.next_multiple_of(4096)).sum();
-    let mem = GuestMem::from_ranges(&[(vm_memory::GuestAddress(0), total as usize)]).unwrap();
-    let stats = MemStats::default();
-    let mut at = 0u64;
-    let backings: Vec<Backing> = w
-        .bos
-        .iter()
-        .map(|b| {
-            let r = Backing::new(vec![(at, b.size as u32)]);
-            at += b.size.next_multiple_of(4096);
-            r
-        })
-        .collect();
-    for (b, spec) in backings.iter().zip(&w.bos) {
-        if !spec.init.is_empty() {
-            b.resolve(&mem, &stats)
-                .unwrap()
-                .write(0, &spec.init)
-                .unwrap();
-        }
-    }
-    (mem, backings)
 }
 
 /// One job of `w` on the software NPU's executor with `tile`, asking
@@ -374,7 +290,7 @@ fn run_once(
     (ms(t.elapsed()), steps + 1, ms(longest.max(last.elapsed())))
 }
 
-fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<String>) {
+fn slicing_cost(o: &Opts, r: &mut Report) {
     let pairs = if o.quick { 10 } else { 200 };
     // About 1 ms (mostly whole tiles) and about 10 ms (many tiles).
     for w in [
@@ -411,11 +327,11 @@ fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<Stri
             tw.push(u);
             ratio.push(s / u - 1.0);
         }
-        let mut o = vec![0u8; w.output_len()];
-        bos[w.output.0].read(w.output.1, &mut o).unwrap();
-        w.check(&o).unwrap();
+        let mut got = vec![0u8; w.output_len()];
+        bos[w.output.0].read(w.output.1, &mut got).unwrap();
+        w.check(&got).unwrap();
         let (m, q1, q3) = (pct(&ratio, 0.5), pct(&ratio, 0.25), pct(&ratio, 0.75));
-        rows.push(format!(
+        r.rows.push(format!(
             "slicing cost, {:<7} | sliced ({steps:4} steps, longest p50 {:.2} ms p99 {:.2} ms) {:6.3} ms vs whole ops {:6.3} ms per job: {:+5.1}% (IQR {:+.1} – {:+.1}) over {pairs} paired jobs (target ≤ 2%)",
             w.name,
             pct(&longest, 0.5),
@@ -426,7 +342,7 @@ fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<Stri
             q1 * 100.0,
             q3 * 100.0
         ));
-        out.insert(
+        r.out.insert(
             format!("slicing_cost.{}_{:.0}ms", w.name, pct(&tw, 0.5)),
             json!({ "steps": steps, "longest_step_ms": longest, "sliced_ms_p50": pct(&ts, 0.5), "whole_ms_p50": pct(&tw, 0.5), "ratio_minus_one_p50": m, "iqr": [q1, q3], "pairs": pairs }),
         );
@@ -434,24 +350,9 @@ fn slicing_cost(o: &Opts, out: &mut BTreeMap<String, Value>, rows: &mut Vec<Stri
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let opts = Opts {
-        quick: args.iter().any(|a| a == "--quick"),
-        json: args
-            .iter()
-            .position(|a| a == "--json")
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| {
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-sharing.json").into()
-            }),
-        only: args
-            .iter()
-            .position(|a| a == "--only")
-            .and_then(|i| args.get(i + 1).cloned()),
-    };
-    let (mut out, mut rows) = (BTreeMap::new(), Vec::new());
-    let t = Instant::now();
-    type Part = fn(&Opts, &mut BTreeMap<String, Value>, &mut Vec<String>);
+    let opts = Opts::from_args("sharing");
+    let mut report = Report::default();
+    type Part = fn(&Opts, &mut Report);
     let parts: [(&str, Part); 4] = [
         ("slicing", slicing_cost),
         ("timeout", timeout),
@@ -460,21 +361,8 @@ fn main() {
     ];
     for (name, part) in parts {
         if opts.runs(name) {
-            part(&opts, &mut out, &mut rows);
+            part(&opts, &mut report);
         }
     }
-    println!(
-        "virtio-accel NPU sharing ({} mode, {:.1} s, one engine)",
-        if opts.quick { "quick" } else { "full" },
-        t.elapsed().as_secs_f64()
-    );
-    for r in &rows {
-        println!("  {r}");
-    }
-    out.insert(
-        "machine".into(),
-        json!({ "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "quick": opts.quick }),
-    );
-    std::fs::write(&opts.json, serde_json::to_string_pretty(&out).unwrap()).unwrap();
-    println!("figures written to {}", opts.json);
+    report.finish("virtio-accel NPU sharing, one engine", &opts);
 }

@@ -651,6 +651,43 @@ impl Guest {
         assert_eq!(done, len, "range outside buffer");
     }
 
+    /// A submit of `n` NOPs inline, waiting on `in_fences`.
+    pub fn nop_request(ctx: u32, fence: u64, in_fences: &[(u32, u64)], n: usize) -> Request {
+        let p = snpu::Program {
+            ops: vec![snpu::OpDesc::Nop; n],
+        };
+        Self::submit_request(ctx, fence, &[], in_fences, CmdSource::Inline(p.encode()))
+    }
+
+    /// Creates the buffers of one n×n×n f32 MATMUL whose inputs are a
+    /// single element each (stride 0, 4-byte buffers) and returns its
+    /// submit as fence 1: n³ multiply-accumulates from 8 bytes of input.
+    pub fn broadcast_matmul(&mut self, ctx: u32, n: u32) -> Request {
+        let a = self.bo(ctx, 4, Layout::Contiguous);
+        let b = self.bo(ctx, 4, Layout::Contiguous);
+        let c = self.bo(ctx, u64::from(n) * u64::from(n) * 4, Layout::Contiguous);
+        self.write_bo(&a, 0, &1f32.to_le_bytes());
+        self.write_bo(&b, 0, &1f32.to_le_bytes());
+        let mut ta = snpu::TensorDesc::dense(0, snpu::DType::F32, 0, &[n, n]);
+        ta.strides = [0; 4];
+        let mut tb = ta;
+        tb.bo_index = 1;
+        let p = snpu::Program {
+            ops: vec![snpu::OpDesc::MatMul {
+                a: ta,
+                b: tb,
+                out: snpu::TensorDesc::dense(2, snpu::DType::F32, 0, &[n, n]),
+                quant: None,
+            }],
+        };
+        let bos = [
+            (a.handle, VIRTIO_ACCEL_ACCESS_READ),
+            (b.handle, VIRTIO_ACCEL_ACCESS_READ),
+            (c.handle, VIRTIO_ACCEL_ACCESS_WRITE),
+        ];
+        Self::submit_request(ctx, 1, &bos, &[], CmdSource::Inline(p.encode()))
+    }
+
     /// A submit request for `cmd` (inline if it fits and the feature was
     /// negotiated, else from `cmd_bo`).
     pub fn submit_request(

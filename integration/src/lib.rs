@@ -4,6 +4,7 @@
 //! eventfds, and the driver side of every request. The end-to-end tests
 //! and the benchmarks are built on it.
 
+pub mod bench;
 pub mod daemon;
 pub mod echo;
 pub mod guest;

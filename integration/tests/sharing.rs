@@ -11,13 +11,10 @@ use std::time::{Duration, Instant};
 use vhost_device_accel::metrics;
 use vhost_device_accel::Config;
 use virtio_accel_integration::*;
-use virtio_accel_protocol::snpu::*;
 use virtio_accel_protocol::*;
 
 const OK: u32 = VIRTIO_ACCEL_RESP_OK;
 const LOST: u32 = VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST;
-const R: u32 = VIRTIO_ACCEL_ACCESS_READ;
-const W: u32 = VIRTIO_ACCEL_ACCESS_WRITE;
 
 #[track_caller]
 fn assert_status(got: u32, want: u32) {
@@ -33,39 +30,7 @@ fn wait_until(mut f: impl FnMut() -> bool) {
 }
 
 fn nop(ctx: u32, fence: u64) -> Request {
-    let p = Program {
-        ops: vec![OpDesc::Nop],
-    };
-    Guest::submit_request(ctx, fence, &[], &[], CmdSource::Inline(p.encode()))
-}
-
-/// One f32 MATMUL of n×n×n whose inputs are a single element each
-/// (stride 0): 4-byte buffers, n³ multiply-accumulates.
-fn long_matmul(g: &mut Guest, ctx: u32, n: u32) -> Request {
-    let a = g.bo(ctx, 4, Layout::Contiguous);
-    let b = g.bo(ctx, 4, Layout::Contiguous);
-    let c = g.bo(ctx, u64::from(n) * u64::from(n) * 4, Layout::Contiguous);
-    g.write_bo(&a, 0, &1f32.to_le_bytes());
-    g.write_bo(&b, 0, &1f32.to_le_bytes());
-    let mut bc = TensorDesc::dense(0, DType::F32, 0, &[n, n]);
-    bc.strides = [0, 0, 0, 0];
-    let mut bb = bc;
-    bb.bo_index = 1;
-    let p = Program {
-        ops: vec![OpDesc::MatMul {
-            a: bc,
-            b: bb,
-            out: TensorDesc::dense(2, DType::F32, 0, &[n, n]),
-            quant: None,
-        }],
-    };
-    Guest::submit_request(
-        ctx,
-        1,
-        &[(a.handle, R), (b.handle, R), (c.handle, W)],
-        &[],
-        CmdSource::Inline(p.encode()),
-    )
+    Guest::nop_request(ctx, fence, &[], 1)
 }
 
 #[test]
@@ -81,7 +46,7 @@ fn a_single_long_op_is_lost_at_the_job_timeout_and_others_run_meanwhile() {
     let mut b = Guest::connect(d.socket(1), GuestOptions::default());
     let ca = a.ctx_create();
     // 8.6 G multiply-accumulates: seconds of work in one op.
-    let req = long_matmul(&mut a, ca, 2048);
+    let req = a.broadcast_matmul(ca, 2048);
     let long = a.submit_async(&req);
     wait_until(|| d.vm_stats(0).is_some_and(|s| s.counts.running == 1));
     // B's jobs complete while A's op is on the NPU.

@@ -141,14 +141,25 @@ impl DaemonMetrics {
     /// The metrics of one VM. Its gauges exist from now on, at zero, so a
     /// VM that has done nothing yet is seen as such.
     pub fn vm(self: &Arc<Self>, name: &str, weight: u32, limits: &Limits) -> Arc<VmMetrics> {
-        let m = Arc::new(VmMetrics {
+        let v = VmLabel {
+            vm: name.to_owned(),
+        };
+        let g = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        self.weight.get_or_create(&v).set(weight.into());
+        self.bo_bytes_quota
+            .get_or_create(&v)
+            .set(g(limits.max_total_bo_bytes));
+        self.bos_quota.get_or_create(&v).set(limits.max_bos.into());
+        // The series updated on every request, looked up once.
+        Arc::new(VmMetrics {
+            contexts: self.contexts.get_or_create(&v).clone(),
+            bos: self.bos.get_or_create(&v).clone(),
+            bo_bytes: self.bo_bytes.get_or_create(&v).clone(),
+            queue_depth: self.queue_depth.get_or_create(&v).clone(),
+            device_seconds: self.device_seconds.get_or_create(&v).clone(),
             name: name.to_owned(),
             daemon: self.clone(),
-        });
-        self.weight.get_or_create(&m.label()).set(weight.into());
-        m.set_objects(0, 0, 0, 0, limits);
-        let _ = m.daemon.device_seconds.get_or_create(&m.label());
-        m
+        })
     }
 
     /// The exposition, in the Prometheus / OpenMetrics text format.
@@ -173,6 +184,11 @@ impl DaemonMetrics {
 pub struct VmMetrics {
     name: String,
     daemon: Arc<DaemonMetrics>,
+    contexts: Gauge,
+    bos: Gauge,
+    bo_bytes: Gauge,
+    queue_depth: Gauge,
+    device_seconds: Seconds,
 }
 
 fn outcome(status: u32) -> &'static str {
@@ -226,39 +242,20 @@ impl VmMetrics {
 
     /// NPU time the VM's jobs used so far.
     pub fn device_seconds(&self) -> f64 {
-        self.daemon
-            .device_seconds
-            .get_or_create(&self.label())
-            .get()
+        self.device_seconds.get()
     }
 
     pub(crate) fn add_device_time(&self, ns: u64) {
-        let _ = self
-            .daemon
-            .device_seconds
-            .get_or_create(&self.label())
-            .inc_by(ns as f64 * 1e-9);
+        let _ = self.device_seconds.inc_by(ns as f64 * 1e-9);
     }
 
-    pub(crate) fn set_objects(
-        &self,
-        contexts: u64,
-        bos: u64,
-        bo_bytes: u64,
-        jobs: u64,
-        l: &Limits,
-    ) {
-        let d = &self.daemon;
-        let v = self.label();
+    /// The VM's objects and jobs in flight now.
+    pub(crate) fn set_objects(&self, contexts: u64, bos: u64, bo_bytes: u64, jobs: u64) {
         let g = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
-        d.contexts.get_or_create(&v).set(g(contexts));
-        d.bos.get_or_create(&v).set(g(bos));
-        d.bo_bytes.get_or_create(&v).set(g(bo_bytes));
-        d.queue_depth.get_or_create(&v).set(g(jobs));
-        d.bo_bytes_quota
-            .get_or_create(&v)
-            .set(g(l.max_total_bo_bytes));
-        d.bos_quota.get_or_create(&v).set(g(l.max_bos.into()));
+        self.contexts.set(g(contexts));
+        self.bos.set(g(bos));
+        self.bo_bytes.set(g(bo_bytes));
+        self.queue_depth.set(g(jobs));
     }
 }
 

@@ -199,7 +199,6 @@ impl<B: Backend> Device<B> {
             self.bo_count as u64,
             self.bo_bytes,
             self.jobs_in_flight.into(),
-            &self.limits,
         );
     }
 

@@ -304,6 +304,32 @@ fn an_idle_vm_banks_no_credit() {
 }
 
 #[test]
+fn a_vm_back_from_idle_banks_no_credit() {
+    let mut s = Sim::new(1);
+    s.vm(1, 1);
+    s.vm(2, 1);
+    s.vm(3, 1);
+    s.ctx(1, 0, |_| 1_000_000);
+    s.ctx(2, 0, |_| 1_000_000);
+    s.ctx(3, 0, |_| 1_000_000);
+    // VM 3 runs a job, then is idle for 5 s while the others run.
+    s.ctxs[2].think = 50_000;
+    s.run(100);
+    assert_eq!(s.ctxs[2].jobs, 1);
+    s.ctxs[2].think = 0;
+    s.run(49_900);
+    let before = s.used.clone();
+    s.run(1_000); // 100 ms after it is back
+    let got = |vm| s.used.get(&vm).copied().unwrap_or(0) - before.get(&vm).copied().unwrap_or(0);
+    let (a, c) = (got(1), got(3));
+    assert!(
+        a > 20_000_000,
+        "VM 1 starved after VM 3 came back: {a} ns of 100 ms"
+    );
+    assert!(c < 45_000_000, "VM 3 took {c} ns of 100 ms");
+}
+
+#[test]
 fn the_time_to_preempt_is_when_the_lead_passes_a_quantum() {
     for weights in [(1, 1), (3, 1), (1, 7)] {
         let mut p = Policy::new(QUANTUM);

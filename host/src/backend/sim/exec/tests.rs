@@ -6,32 +6,11 @@ use virtio_accel_protocol::snpu::Quant;
 use vm_memory::GuestAddress;
 
 /// Runs one op over buffers of the given initial contents.
+/// Runs one op whole over buffers of the given initial contents.
 fn run_on(op: OpDesc, init: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let mem = GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    let stats = MemStats::default();
-    let backings: Vec<Backing> = init
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Backing::new(vec![((i as u64) << 16, b.len() as u32)]))
-        .collect();
-    let bos: Vec<BoMem<'_>> = backings
-        .iter()
-        .map(|b| b.resolve(&mem, &stats).unwrap())
-        .collect();
-    for (bo, data) in bos.iter().zip(init) {
-        bo.write(0, data).unwrap();
-    }
-    let p = Program { ops: vec![op] };
-    let done = Exec::new(p, Tile::WHOLE).run(&bos, &mut || true).unwrap();
-    assert_eq!(done, Progress::Done { ops: 1 });
-    bos.iter()
-        .zip(init)
-        .map(|(bo, d)| {
-            let mut v = vec![0u8; d.len()];
-            bo.read(0, &mut v).unwrap();
-            v
-        })
-        .collect()
+    let (out, calls) = run_all(&[op], init, Tile::WHOLE, false);
+    assert_eq!(calls, 1, "a whole op in one call");
+    out
 }
 
 fn f(v: &[f32]) -> Vec<u8> {

@@ -184,6 +184,8 @@ impl<B: Backend> Loop<B> {
     /// look again if nothing wakes the thread before.
     fn cycle(&mut self) -> Option<Duration> {
         self.completions();
+        // Before the ends reach the guests: what they see next is current.
+        self.utilisation();
         let undelivered = self.deliver();
         self.watchdog();
         let (busy, preempt_in) = self.dispatch();

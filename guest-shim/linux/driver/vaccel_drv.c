@@ -34,6 +34,7 @@ MODULE_PARM_DESC(timeout_ms,
 		 "A device that leaves a control request unanswered this long is dead (ms, >= 100)");
 
 struct workqueue_struct *vaccel_wq;
+struct workqueue_struct *vaccel_async_wq;
 static atomic64_t vaccel_serial;
 
 static int vaccel_open(struct drm_device *dev, struct drm_file *file)
@@ -341,10 +342,17 @@ static int __init vaccel_init(void)
 	vaccel_wq = alloc_ordered_workqueue("virtio_accel", 0);
 	if (!vaccel_wq)
 		return -ENOMEM;
+	vaccel_async_wq = alloc_workqueue("virtio_accel_async", WQ_UNBOUND, 0);
+	if (!vaccel_async_wq) {
+		destroy_workqueue(vaccel_wq);
+		return -ENOMEM;
+	}
 	vaccel_id_table[1].device = alt_id;
 	ret = register_virtio_driver(&vaccel_driver);
-	if (ret)
+	if (ret) {
+		destroy_workqueue(vaccel_async_wq);
 		destroy_workqueue(vaccel_wq);
+	}
 	return ret;
 }
 
@@ -353,6 +361,7 @@ static void __exit vaccel_exit(void)
 	unregister_virtio_driver(&vaccel_driver);
 	/* Every device is gone: run the teardowns they left. */
 	destroy_workqueue(vaccel_wq);
+	destroy_workqueue(vaccel_async_wq);
 	/* Signalled fences may still be read through their ops under RCU. */
 	synchronize_rcu();
 }

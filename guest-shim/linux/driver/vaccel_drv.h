@@ -27,8 +27,10 @@
 
 /* Milliseconds a control request may stay unanswered before the device is dead. */
 extern unsigned int vaccel_timeout_ms;
-/* Teardown work of every device; drained when the module unloads. */
+/* Teardown work of every device, one at a time; drained when the module unloads. */
 extern struct workqueue_struct *vaccel_wq;
+/* Reaping, events, the watchdog and device death. */
+extern struct workqueue_struct *vaccel_async_wq;
 
 /**
  * struct vaccel_queue - one virtqueue and the requests the device holds

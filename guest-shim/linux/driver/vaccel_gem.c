@@ -312,12 +312,18 @@ int vaccel_ioctl_bo_wait(struct drm_device *dev, void *data, struct drm_file *fi
 	ret = dma_resv_wait_timeout(obj->resv, DMA_RESV_USAGE_READ, true,
 				    drm_timeout_abs_to_jiffies(args->timeout_ns));
 	if (ret > 0) {
-		/* The reservation keeps each context's latest fence. */
+		/*
+		 * The reservation keeps each context's latest fence, signalled
+		 * ones too; only the locked walk returns those.
+		 */
 		args->job_status = DRM_VACCEL_JOB_STATUS_OK;
-		dma_resv_iter_begin(&cursor, obj->resv, DMA_RESV_USAGE_READ);
-		dma_resv_for_each_fence_unlocked(&cursor, f)
-			args->job_status = max(args->job_status, vaccel_fence_status(f));
-		dma_resv_iter_end(&cursor);
+		ret = dma_resv_lock_interruptible(obj->resv, NULL);
+		if (!ret) {
+			dma_resv_for_each_fence(&cursor, obj->resv, DMA_RESV_USAGE_READ, f)
+				args->job_status = max(args->job_status, vaccel_fence_status(f));
+			dma_resv_unlock(obj->resv);
+			ret = 1;
+		}
 	}
 	drm_gem_object_put(obj);
 	if (ret == 0)

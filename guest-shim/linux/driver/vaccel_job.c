@@ -53,7 +53,7 @@
  * outlive the module safely; every fence of a device signals when it is
  * removed. Before that, each fence holds a module reference until freed.
  */
-#define VACCEL_FENCE_DETACHES	(LINUX_VERSION_CODE >= KERNEL_VERSION(7, 3, 0))
+#define VACCEL_FENCE_DETACHES	(KERNEL_VERSION(7, 3, 0) <= LINUX_VERSION_CODE)
 
 static const char *vaccel_fence_driver_name(struct dma_fence *f)
 {

@@ -164,11 +164,12 @@ static unsigned long vaccel_timeout(void)
 	return msecs_to_jiffies(max(READ_ONCE(vaccel_timeout_ms), 100U));
 }
 
+/* Checks at least every 250 ms, so a lowered timeout_ms applies at once. */
 static void vaccel_watchdog_arm(struct vaccel_device *vd)
 {
-	unsigned long period = max(vaccel_timeout() / 4, 1UL);
+	unsigned long period = clamp(vaccel_timeout() / 4, 1UL, (unsigned long)HZ / 4);
 
-	queue_delayed_work(system_wq, &vd->watchdog, period);
+	queue_delayed_work(vaccel_async_wq, &vd->watchdog, period);
 }
 
 /*
@@ -198,6 +199,7 @@ static int vaccel_queue_add(struct vaccel_device *vd, struct vaccel_queue *q,
 		spin_unlock(&q->lock);
 		if (ret != -ENOSPC || !state)
 			return ret;
+		ret = 0;
 		if (state == TASK_KILLABLE)
 			ret = wait_event_killable(q->space, READ_ONCE(q->freed) != seen ||
 						  vaccel_dead(vd));
@@ -324,7 +326,7 @@ static void vaccel_vq_callback(struct virtqueue *vq)
 	struct vaccel_queue *q = vq == vd->ctrl.vq ? &vd->ctrl :
 				 vq == vd->submit.vq ? &vd->submit : &vd->event;
 
-	schedule_work(&q->work);
+	queue_work(vaccel_async_wq, &q->work);
 }
 
 /* Answers, or fails with -ENODEV, every chain of a reset device's queue. */
@@ -388,7 +390,7 @@ void vaccel_device_kill(struct vaccel_device *vd, const char *why)
 	wake_up_all(&vd->ctrl.space);
 	wake_up_all(&vd->submit.space);
 	wake_up_all(&vd->job_space);
-	queue_work(system_unbound_wq, &vd->dead_work);
+	queue_work(vaccel_async_wq, &vd->dead_work);
 }
 
 /* Sends a GET_CAPS nobody waits for: its answer proves the device alive. */

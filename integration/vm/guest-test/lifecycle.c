@@ -130,8 +130,11 @@ static void *filler_thread(void *p)
 	return NULL;
 }
 
-/* Counts what a fresh process can hold: the device's quotas, if nothing leaked. */
-static int quota_free(int *ctxs, int *bos)
+/*
+ * Counts what a fresh process can hold: the device's quotas less @held
+ * contexts, if nothing leaked.
+ */
+static int quota_free(int held, int *ctxs, int *bos)
 {
 	int fds[256], n = 0;
 	uint32_t h;
@@ -146,27 +149,80 @@ static int quota_free(int *ctxs, int *bos)
 	}
 	while (n--)
 		close(fds[n]);
-	return *ctxs == max_contexts && *bos == max_bos;
+	return *ctxs == max_contexts - held && *bos == max_bos;
+}
+
+/*
+ * A process that lives on: creates 4 buffers, closes them when told (while
+ * the control queue is full), then waits for its pipe to close.
+ */
+static pid_t survivor(int *cmd, int *ack)
+{
+	int c[2], a[2];
+	pid_t pid;
+
+	if (pipe(c) || pipe(a))
+		return -1;
+	pid = fork();
+	if (pid == 0) {
+		int fd = vt_open();
+		uint32_t h[4];
+		char x;
+
+		close(c[1]);
+		close(a[0]);
+		for (int i = 0; i < 4; i++)
+			vt_bo(fd, 4096, &h[i]);
+		if (write(a[1], "r", 1) != 1 || read(c[0], &x, 1) != 1)
+			_exit(1);
+		for (int i = 0; i < 4; i++)
+			vt_close_bo(fd, h[i]);
+		if (write(a[1], "c", 1) != 1)
+			_exit(1);
+		while (read(c[0], &x, 1) > 0)
+			;
+		_exit(0);
+	}
+	close(c[0]);
+	close(a[1]);
+	*cmd = c[1];
+	*ack = a[0];
+	return pid;
+}
+
+static int read_timeout(int fd, double s)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	char x;
+
+	return poll(&pfd, 1, (int)(s * 1000)) == 1 && read(fd, &x, 1) == 1 ? 0 : -1;
 }
 
 /*
  * A process with jobs in flight and buffers is killed while the control
  * queue is full (the daemon stopped, 80 threads of another process
- * creating buffers). Once the daemon answers again, the device holds
- * nothing of either: a fresh process can hold every context and buffer the
- * quotas allow.
+ * creating buffers, killed too), and a process that lives on closes its
+ * buffers meanwhile. Once the daemon answers again, the device holds
+ * nothing of them: a fresh process can hold every buffer and every context
+ * but the survivor's the quotas allow.
  */
 static int case_sigkill(void *unused)
 {
-	int ready[2], rd, fd_fill, ctxs = 0, bos = 0, st, ok = 0;
-	pid_t victim, filler, probe;
+	int ready[2], rd, fd_fill, ctxs = 0, bos = 0, st, ok = 0, s_cmd, s_ack;
+	pid_t victim, filler, probe, surv;
 	double deadline;
 
-	if (!quota_free(&ctxs, &bos)) {
+	for (int i = 0; i < 25 && !ok; i++) {
+		ok = quota_free(0, &ctxs, &bos);
+		if (!ok)
+			usleep(200000);
+	}
+	if (!ok) {
 		msg("before: %d contexts, %d buffers free; want %d, %d", ctxs, bos, max_contexts,
 		    max_bos);
 		return 1;
 	}
+	ok = 0;
 	set_param("timeout_ms", "60000");
 	if (pipe(ready))
 		return 1;
@@ -184,6 +240,9 @@ static int case_sigkill(void *unused)
 			vt_submit(fd, &c, NULL, 0, 0);
 	}
 	if (read(ready[0], &st, 1) != 1)
+		return 1;
+	surv = survivor(&s_cmd, &s_ack);
+	if (surv < 0 || read_timeout(s_ack, 10))
 		return 1;
 	fd_fill = vt_open();
 	probe = prober(&rd);
@@ -204,6 +263,8 @@ static int case_sigkill(void *unused)
 	}
 	close(fd_fill);
 	sleep(2);
+	if (write(s_cmd, "c", 1) != 1 || read_timeout(s_ack, 3))
+		msg("the survivor's GEM_CLOSE blocks on the stopped daemon");
 	kill(victim, SIGKILL);
 	kill(filler, SIGKILL);
 	kill(probe, SIGKILL);
@@ -217,11 +278,18 @@ static int case_sigkill(void *unused)
 	}
 	/* Teardown is asynchronous: give the worker a few seconds. */
 	for (int i = 0; i < 50 && !ok; i++) {
-		ok = quota_free(&ctxs, &bos);
+		ok = quota_free(1, &ctxs, &bos);
 		if (!ok)
 			usleep(200000);
 	}
-	msg("after: %d contexts, %d buffers free; want %d, %d", ctxs, bos, max_contexts, max_bos);
+	msg("after: %d contexts, %d buffers free; want %d, %d", ctxs, bos, max_contexts - 1,
+	    max_bos);
+	close(s_cmd);
+	if (reap(surv, now_s() + 10, &st)) {
+		msg("the survivor did not exit");
+		kill(surv, SIGKILL);
+		ok = 0;
+	}
 	set_param("timeout_ms", "5000");
 	return !ok;
 }

@@ -163,7 +163,9 @@ pub(crate) fn handshake(path: &Path, opts: &GuestOptions) -> (Frontend, u64, Con
                 & (VhostUserProtocolFeatures::MQ
                     | VhostUserProtocolFeatures::CONFIG
                     | VhostUserProtocolFeatures::REPLY_ACK
-                    | VhostUserProtocolFeatures::RESET_DEVICE),
+                    | VhostUserProtocolFeatures::RESET_DEVICE
+                    | VhostUserProtocolFeatures::LOG_SHMFD
+                    | VhostUserProtocolFeatures::DEVICE_STATE),
         )
         .unwrap();
     let size = std::mem::size_of::<Config>() as u32;
@@ -411,6 +413,11 @@ impl Guest {
         let r = Response::decode(VIRTIO_ACCEL_CMD_SUBMIT, &b)
             .unwrap_or_else(|e| panic!("bad submit response ({len} bytes): {e}"));
         self.done.push((head, r));
+    }
+
+    /// Where the response of a submit in flight will be written.
+    pub fn response_buffer(&self, p: Pending) -> u64 {
+        self.submits[&p.0].1
     }
 
     /// Waits for the next submit completion.

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod queue;
 pub mod sched;
 pub mod server;
+pub mod state;
 pub mod vhost_user;
 pub mod vring;
 

@@ -103,6 +103,11 @@ impl<const N: usize> Rings<N> {
         }
     }
 
+    /// Where the rings stopped (`None` for a ring that did not stop).
+    pub fn saved(&self) -> [Option<RingConfig>; N] {
+        self.saved
+    }
+
     /// The device was reset: the next start is a first one.
     pub fn reset(&mut self) {
         *self = Rings::default();

@@ -66,6 +66,11 @@ impl Backing {
         self.ranges.len()
     }
 
+    /// The `(address, length)` ranges, in buffer order.
+    pub fn ranges(&self) -> &[(u64, u32)] {
+        &self.ranges
+    }
+
     /// Checks that every range lies in `mem` (ranges may cross regions).
     pub fn check(&self, mem: &GuestMem) -> Result<(), MemError> {
         for &(addr, len) in &self.ranges {

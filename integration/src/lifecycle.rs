@@ -2,8 +2,10 @@
 //! stop and `cont`, a guest driver resetting the device, and a reconnect
 //! to a restarted daemon.
 
+use std::io::{Read, Write};
 use std::path::Path;
 
+use vhost::vhost_user::message::{VhostTransferStateDirection, VhostTransferStatePhase};
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
 use virtio_accel_protocol::*;
@@ -97,5 +99,55 @@ impl Guest {
             let base = ring.used_idx(&self.mem);
             start_ring(&mut self.frontend, &self.mem, q, ring, base);
         }
+    }
+
+    /// The source side of a migration, after [`Guest::vm_stop`]: the
+    /// device's state through `SET_DEVICE_STATE_FD(SAVE)` and a pipe, then
+    /// `CHECK_DEVICE_STATE`.
+    pub fn save_state(&mut self) -> Result<Vec<u8>, String> {
+        let (mut rd, wr) = std::io::pipe().map_err(|e| e.to_string())?;
+        self.frontend
+            .set_device_state_fd(
+                VhostTransferStateDirection::SAVE,
+                VhostTransferStatePhase::STOPPED,
+                wr.into(),
+            )
+            .map_err(|e| format!("SET_DEVICE_STATE_FD: {e}"))?;
+        let mut bytes = Vec::new();
+        rd.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        self.frontend
+            .check_device_state()
+            .map_err(|e| format!("CHECK_DEVICE_STATE: {e}"))?;
+        Ok(bytes)
+    }
+
+    /// The destination side: connect to the daemon on `path` with this
+    /// guest's memory, load `state` (`SET_DEVICE_STATE_FD(LOAD)`,
+    /// `CHECK_DEVICE_STATE`), then start the rings with the bases the
+    /// source's stop returned. The guest's chains in flight carry on.
+    pub fn migrate_to(&mut self, path: &Path, state: &[u8], bases: &[u16]) -> Result<(), String> {
+        let (frontend, features, _) = handshake(path, &self.opts);
+        assert_eq!(features, self.features, "the daemon offers other features");
+        let (rd, mut wr) = std::io::pipe().map_err(|e| e.to_string())?;
+        frontend
+            .set_device_state_fd(
+                VhostTransferStateDirection::LOAD,
+                VhostTransferStatePhase::STOPPED,
+                rd.into(),
+            )
+            .map_err(|e| format!("SET_DEVICE_STATE_FD: {e}"))?;
+        wr.write_all(state).map_err(|e| e.to_string())?;
+        drop(wr);
+        frontend
+            .check_device_state()
+            .map_err(|e| format!("CHECK_DEVICE_STATE: {e}"))?;
+        self.frontend = frontend;
+        self.frontend
+            .set_mem_table(&region_infos(&self.mem))
+            .unwrap();
+        for (q, ring) in self.rings.iter().enumerate() {
+            start_ring(&mut self.frontend, &self.mem, q, ring, bases[q]);
+        }
+        Ok(())
     }
 }

@@ -20,6 +20,7 @@ pub mod context;
 mod events;
 mod fences;
 mod jobs;
+mod saved;
 mod submit;
 
 use std::collections::{BTreeMap, VecDeque};

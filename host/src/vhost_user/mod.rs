@@ -10,15 +10,20 @@
 //! is decided in [`crate::lifecycle`] and carried out here.
 
 mod serve;
+mod transfer;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
 use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_accel_protocol::*;
@@ -104,6 +109,10 @@ struct Inner<B: Backend> {
     rings: Mutex<Rings<{ VIRTIO_ACCEL_NUM_QUEUES }>>,
     /// Handles on the rings the library made for this VM.
     vrings: OnceLock<Vec<Vring>>,
+    /// A device state moving in or out (migration).
+    transfer: Mutex<Option<transfer::Transfer>>,
+    /// A loaded device state, restored when the rings start.
+    pending: Mutex<Option<transfer::Pending>>,
 }
 
 /// Locks a mutex the VM owns; a poisoned one means the VM is broken.
@@ -157,6 +166,8 @@ impl<B: Backend> AccelBackend<B> {
                 dead: AtomicBool::new(false),
                 rings: Mutex::new(Rings::default()),
                 vrings: OnceLock::new(),
+                transfer: Mutex::new(None),
+                pending: Mutex::new(None),
             }),
         })
     }
@@ -247,11 +258,17 @@ impl<B: Backend> AccelBackend<B> {
         }
         // Held while the rings are used: a stop waits for it.
         let mut rings = lock(&self.inner.rings)?;
-        let start = rings.start([
+        let now = [
             ring_config(control),
             ring_config(submit),
             ring_config(event),
-        ]);
+        ];
+        let start = rings.start(now);
+        if start == Start::First {
+            if let Some(p) = lock(&self.inner.pending)?.take() {
+                self.restore_pending(p, now)?;
+            }
+        }
         match start {
             Start::Resume => {
                 self.device()?.resume();
@@ -344,6 +361,7 @@ impl<B: Backend> VhostUserBackend for AccelBackend<B> {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE
             | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::DEVICE_STATE
     }
 
     fn reset_device(&self) {
@@ -396,6 +414,19 @@ impl<B: Backend> VhostUserBackend for AccelBackend<B> {
             }
         }
         Ok(())
+    }
+
+    fn set_device_state_fd(
+        &self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: File,
+    ) -> io::Result<Option<File>> {
+        self.state_fd(direction, phase, file)
+    }
+
+    fn check_device_state(&self) -> io::Result<()> {
+        self.check_state_transfer()
     }
 
     fn handle_event(

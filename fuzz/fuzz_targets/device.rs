@@ -265,6 +265,7 @@ impl Model {
             1 => JobEnd::Lost(LostReason::DeviceError, "fuzz".into()),
             2 => JobEnd::NoMemory,
             3 => JobEnd::Aborted,
+            4 => JobEnd::Lost(LostReason::NeedsReset, "fuzz".into()),
             _ => match t.job.run_inline() {
                 Ok(ops) => JobEnd::Done { ops },
                 Err(ExecError::NoMemory) => JobEnd::NoMemory,
@@ -293,7 +294,8 @@ impl Model {
             "jobs in flight vs unanswered"
         );
         assert_eq!(c.contexts, self.ctxs.len());
-        assert!(c.events <= l.max_contexts as usize);
+        // At most one pending event per context, and the device's own.
+        assert!(c.events <= l.max_contexts as usize + 1);
     }
 }
 

@@ -43,6 +43,10 @@ struct Args {
     /// Hang these jobs until the job timeout; software NPU only.
     #[arg(long, value_delimiter = ',')]
     hang_jobs: Vec<u64>,
+    /// At these jobs the NPU fails as a whole: the submitting VM's device
+    /// loses every context and asks its driver for a reset; software NPU only.
+    #[arg(long, value_delimiter = ',')]
+    device_error_jobs: Vec<u64>,
     /// Add this many microseconds to every job; software NPU only.
     #[arg(long)]
     latency_us: Option<u64>,
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
     let faults = &mut config.sim.faults;
     faults.fail_jobs.extend(&args.fail_jobs);
     faults.hang_jobs.extend(&args.hang_jobs);
+    faults.device_error_jobs.extend(&args.device_error_jobs);
     if let Some(l) = args.latency_us {
         faults.latency_us = l;
     }

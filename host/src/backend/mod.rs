@@ -89,6 +89,10 @@ pub enum LostReason {
     Hang,
     /// The NPU failed.
     DeviceError,
+    /// The NPU failed as a whole and must be reset: every context of the
+    /// job's VM is lost (`_DEVICE_ERROR`) and its driver is told to reset
+    /// the device.
+    NeedsReset,
 }
 
 /// What became of a submitted job.

@@ -140,7 +140,8 @@ impl<B: Backend> Device<B> {
 
     /// Records the end of job `id`, the running job of `ctx_id`, after
     /// `time` of device time. A job the backend lost loses its context
-    /// (`_HANG` or `_DEVICE_ERROR`), as does one past the job timeout.
+    /// (`_HANG` or `_DEVICE_ERROR`), as does one past the job timeout; an
+    /// NPU that needs a reset loses every context of the VM.
     pub fn finish(&mut self, ctx_id: u32, id: JobId, end: JobEnd, time: Duration) {
         let ns = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
         let (mut status, lost) = match &end {
@@ -152,11 +153,12 @@ impl<B: Backend> Device<B> {
                 VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST,
                 Some(VIRTIO_ACCEL_LOST_HANG),
             ),
-            JobEnd::Lost(LostReason::DeviceError, _) => (
+            JobEnd::Lost(LostReason::DeviceError | LostReason::NeedsReset, _) => (
                 VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST,
                 Some(VIRTIO_ACCEL_LOST_DEVICE_ERROR),
             ),
         };
+        let whole_device = matches!(end, JobEnd::Lost(LostReason::NeedsReset, _));
         let is_it = |c: &Context<B>| c.running.as_ref().is_some_and(|j| j.id == Some(id));
         if self.zombies.get(&ctx_id).is_some_and(is_it) {
             // Destroyed while running: answer the job, then the jobs that
@@ -181,6 +183,9 @@ impl<B: Backend> Device<B> {
             let completed = z.timeline.completed;
             self.release_context(z);
             self.resolve_waits(Some((ctx_id, completed)));
+            if whole_device {
+                self.lose_all(VIRTIO_ACCEL_LOST_DEVICE_ERROR);
+            }
             self.publish_counts();
             return;
         }
@@ -199,8 +204,10 @@ impl<B: Backend> Device<B> {
             c.timeline.completed = job.out_fence;
         }
         self.answer(ctx_id, job, status, ns);
-        if let Some(reason) = lost {
-            self.lose(ctx_id, reason);
+        match lost {
+            Some(reason) if whole_device => self.lose_all(reason),
+            Some(reason) => self.lose(ctx_id, reason),
+            None => {}
         }
         self.settle(ctx_id);
         self.resolve_waits(None);

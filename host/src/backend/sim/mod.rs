@@ -40,6 +40,10 @@ pub struct Faults {
     /// with `DEVICE_ERROR`.
     #[serde(default)]
     pub panic_jobs: Vec<u64>,
+    /// Jobs whose submission makes the NPU fail as a whole: the VM's device
+    /// loses every context (`DEVICE_ERROR`) and asks its driver for a reset.
+    #[serde(default)]
+    pub device_error_jobs: Vec<u64>,
     /// Extra time every job takes, in microseconds.
     #[serde(default)]
     pub latency_us: u64,
@@ -243,6 +247,15 @@ impl Backend for SimNpu {
             let why = format!("injected failure of job {n}");
             self.engine
                 .complete(id, super::Outcome::Failed(why), Duration::ZERO);
+            return;
+        }
+        if self.faults.device_error_jobs.contains(&n) {
+            let why = format!("injected NPU failure at job {n}");
+            let outcome = super::Outcome::Lost {
+                reason: super::LostReason::NeedsReset,
+                why,
+            };
+            self.engine.complete(id, outcome, Duration::ZERO);
             return;
         }
         job.panic = self.faults.panic_jobs.contains(&n);

@@ -10,7 +10,7 @@ use virtio_accel_protocol::{VIRTIO_ACCEL_ACCESS_READ, VIRTIO_ACCEL_ACCESS_WRITE}
 use vm_memory::{GuestAddress, GuestMemoryAtomic};
 
 use crate::backend::sim::{Faults, SimNpu, SimOptions, Tile};
-use crate::backend::{Backend, Completion, JobId, Outcome};
+use crate::backend::{Backend, Completion, JobId, LostReason, Outcome};
 use crate::memory::{Backing, GuestMem, VmMemory};
 
 fn npu(faults: Faults) -> SimNpu {
@@ -166,4 +166,29 @@ fn an_abort_racing_a_preempt_is_reported_after_the_yield() {
             other => panic!("job {id}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_device_error_job_reports_an_npu_that_needs_a_reset_and_the_next_runs() {
+    let npu = npu(Faults {
+        device_error_jobs: vec![2],
+        ..Default::default()
+    });
+    npu.submit(1, long_job(&npu, 16));
+    assert_eq!(outcomes(&reports(&npu, 1)), [(1, Outcome::Done { ops: 1 })]);
+    npu.submit(2, long_job(&npu, 16));
+    let r = reports(&npu, 1);
+    assert!(
+        matches!(
+            &r[0].outcome,
+            Outcome::Lost {
+                reason: LostReason::NeedsReset,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(r[0].device_time, Duration::ZERO, "it never ran");
+    npu.submit(3, long_job(&npu, 16));
+    assert_eq!(outcomes(&reports(&npu, 1)), [(3, Outcome::Done { ops: 1 })]);
 }

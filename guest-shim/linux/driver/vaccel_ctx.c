@@ -36,6 +36,11 @@ void vaccel_ctx_put(struct vaccel_ctx *ctx)
 	kref_put(&ctx->ref, vaccel_ctx_free);
 }
 
+/*
+ * The device lost a context, whatever the reason: its file's later
+ * requests fail with -EIO; its outstanding jobs are answered with the loss.
+ * Other files are not touched.
+ */
 void vaccel_ctx_lost(struct vaccel_device *vd, u32 ctx_id)
 {
 	struct vaccel_ctx *ctx;
@@ -45,6 +50,30 @@ void vaccel_ctx_lost(struct vaccel_device *vd, u32 ctx_id)
 	if (ctx)
 		WRITE_ONCE(ctx->lost, true);
 	xa_unlock(&vd->ctxs);
+}
+
+/*
+ * The driver reset the device: every context is lost, and none is known
+ * by its id any more (the device will reuse the ids). The generation moves
+ * on, so a request naming an older context is refused before it is
+ * queued, and a context created before the reset is not inserted after it.
+ * Returns how many contexts were lost.
+ */
+unsigned int vaccel_ctx_lose_all(struct vaccel_device *vd)
+{
+	struct vaccel_ctx *ctx;
+	unsigned long id;
+	unsigned int n = 0;
+
+	xa_lock(&vd->ctxs);
+	WRITE_ONCE(vd->gen, vd->gen + 1 ?: 1);
+	xa_for_each(&vd->ctxs, id, ctx) {
+		WRITE_ONCE(ctx->lost, true);
+		__xa_erase(&vd->ctxs, id);
+		n++;
+	}
+	xa_unlock(&vd->ctxs);
+	return n;
 }
 
 struct vaccel_teardown *vaccel_teardown_alloc(struct vaccel_device *vd, u32 type)
@@ -88,12 +117,15 @@ static void vaccel_teardown_fn(struct work_struct *w)
 	if (ctx && t->type == VIRTIO_ACCEL_CMD_CTX_DESTROY)
 		wait_event_idle(ctx->idle, !atomic_read(&ctx->inflight));
 
-	/* A destroyed context took its buffers with it. */
+	/*
+	 * A destroyed context took its buffers with it. The request of a
+	 * context lost in a reset is refused (-EIO): the object went with it.
+	 */
 	if (!(ctx && ctx->destroyed)) {
 		ret = vaccel_ctrl(vd, t->req, false);
 		if (!ret)
 			ret = vaccel_status_errno(vaccel_status(t->req->resp, t->req->used));
-		if (ret && ret != -ENODEV)
+		if (ret && ret != -ENODEV && ret != -EIO)
 			drm_warn(&vd->drm, "%s of context %u: %d\n",
 				 t->type == VIRTIO_ACCEL_CMD_CTX_DESTROY ? "CTX_DESTROY" :
 				 "BO_DESTROY", le32_to_cpu(((struct virtio_accel_hdr *)
@@ -111,15 +143,16 @@ static void vaccel_teardown_fn(struct work_struct *w)
 }
 
 /*
- * Queues teardown @t of host object @ctx_id / @handle. Takes a reference on
- * @ctx (which may be NULL) and ownership of @bo, freed once the device has
- * let go of its pages.
+ * Queues teardown @t of host object @ctx_id / @handle, which lives in the
+ * device generation @gen. Takes a reference on @ctx (which may be NULL) and
+ * ownership of @bo, freed once the device has let go of its pages.
  */
 void vaccel_teardown_queue(struct vaccel_teardown *t, struct vaccel_ctx *ctx, u32 ctx_id,
-			   u32 handle, struct vaccel_bo *bo)
+			   u32 gen, u32 handle, struct vaccel_bo *bo)
 {
 	struct virtio_accel_bo_req *req = vaccel_req_body(t->req);
 
+	t->req->gen = gen;
 	req->hdr.type = cpu_to_le32(t->type);
 	req->hdr.ctx_id = cpu_to_le32(ctx_id);
 	if (t->type == VIRTIO_ACCEL_CMD_BO_DESTROY)
@@ -142,7 +175,7 @@ static void vaccel_ctx_create_abandoned(struct vaccel_device *vd, struct vaccel_
 	if (vaccel_status(r->resp, r->used) != VIRTIO_ACCEL_RESP_OK)
 		return;
 	r->cleanup = NULL;
-	vaccel_teardown_queue(t, NULL, le32_to_cpu(resp->ctx_id), 0, NULL);
+	vaccel_teardown_queue(t, NULL, le32_to_cpu(resp->ctx_id), r->gen, 0, NULL);
 }
 
 struct vaccel_ctx *vaccel_ctx_create(struct vaccel_device *vd, u32 priority)
@@ -180,10 +213,19 @@ struct vaccel_ctx *vaccel_ctx_create(struct vaccel_device *vd, u32 priority)
 	if (ret)
 		goto out;
 	ctx->id = le32_to_cpu(((struct virtio_accel_hdr *)r->resp)->ctx_id);
+	ctx->gen = r->gen;
 	ret = xa_insert(&vd->ctxs, ctx->id, ctx, GFP_KERNEL);
-	if (ret) {
+	xa_lock(&vd->ctxs);
+	if (ctx->gen != vd->gen) {
+		/* The device was reset meanwhile: the host context is gone. */
+		if (!ret)
+			__xa_cmpxchg(&vd->ctxs, ctx->id, ctx, NULL, 0);
+		ret = -EIO;
+	}
+	xa_unlock(&vd->ctxs);
+	if (ret && ret != -EIO) {
 		/* Created on the host but unusable here: destroy it. */
-		vaccel_teardown_queue(r->cleanup, NULL, ctx->id, 0, NULL);
+		vaccel_teardown_queue(r->cleanup, NULL, ctx->id, ctx->gen, 0, NULL);
 		r->cleanup = NULL;
 	}
 out:
@@ -204,8 +246,9 @@ void vaccel_ctx_close(struct vaccel_ctx *ctx)
 {
 	struct vaccel_teardown *t = ctx->teardown;
 
-	xa_erase(&ctx->vd->ctxs, ctx->id);
+	/* A reset may have dropped it already, and the id be another's now. */
+	xa_cmpxchg(&ctx->vd->ctxs, ctx->id, ctx, NULL, 0);
 	ctx->teardown = NULL;
-	vaccel_teardown_queue(t, ctx, ctx->id, 0, NULL);
+	vaccel_teardown_queue(t, ctx, ctx->id, ctx->gen, 0, NULL);
 	vaccel_ctx_put(ctx);
 }

@@ -208,13 +208,13 @@ static const struct drm_driver vaccel_drm_driver = {
 	.minor = 0,
 };
 
-static int vaccel_get_caps(struct vaccel_device *vd)
+int vaccel_get_caps(struct vaccel_device *vd, struct virtio_accel_resp_caps *caps)
 {
 	struct virtio_accel_get_caps *req;
 	struct vaccel_req *r;
 	int ret;
 
-	r = vaccel_req_alloc(vd, &vd->ctrl, sizeof(*req), sizeof(vd->caps));
+	r = vaccel_req_alloc(vd, &vd->ctrl, sizeof(*req), sizeof(*caps));
 	if (!r)
 		return -ENOMEM;
 	req = vaccel_req_body(r);
@@ -223,8 +223,8 @@ static int vaccel_get_caps(struct vaccel_device *vd)
 	if (!ret && vaccel_status(r->resp, r->used) != VIRTIO_ACCEL_RESP_OK)
 		ret = -EIO;
 	if (!ret) {
-		memcpy(&vd->caps, r->resp, sizeof(vd->caps));
-		vd->caps.name[sizeof(vd->caps.name) - 1] = 0;
+		memcpy(caps, r->resp, sizeof(*caps));
+		caps->name[sizeof(caps->name) - 1] = 0;
 	}
 	vaccel_req_put(r);
 	return ret;
@@ -274,7 +274,7 @@ static int vaccel_probe(struct virtio_device *vdev)
 	virtio_device_ready(vdev);
 	vaccel_vq_start(vd);
 
-	ret = vaccel_get_caps(vd);
+	ret = vaccel_get_caps(vd, &vd->caps);
 	if (ret)
 		goto err;
 	ret = drm_dev_register(&vd->drm, 0);

@@ -34,7 +34,8 @@ extern struct workqueue_struct *vaccel_async_wq;
 
 /**
  * struct vaccel_queue - one virtqueue and the requests the device holds
- * @vq: the virtqueue
+ * @vd: the device
+ * @vq: the virtqueue; replaced when the driver resets the device
  * @lock: serialises adding, reaping and failing buffers
  * @space: woken when descriptors are freed or the device dies
  * @work: reaps used buffers; the virtqueue callback only schedules it
@@ -43,6 +44,7 @@ extern struct workqueue_struct *vaccel_async_wq;
  * @freed: counts reaps, for waiters on @space
  */
 struct vaccel_queue {
+	struct vaccel_device *vd;
 	struct virtqueue *vq;
 	unsigned int size;
 	unsigned int freed;
@@ -70,8 +72,13 @@ struct vaccel_queue {
  * @features: negotiated virtio-accel feature bits
  * @caps: GET_CAPS answer
  * @ctxs: live contexts by host id, for events
- * @flags: VACCEL_DEAD once the device no longer answers (or was removed)
+ * @flags: VACCEL_DEAD once the device no longer answers (or was removed);
+ *	VACCEL_RESET_ASKED when it asked for a reset, VACCEL_RESETTING while
+ *	the driver resets it
+ * @gen: counts the resets the driver made; a context lives in one
  * @last_answer: jiffies of the last answer the device gave
+ * @vq_lock: serialises setting the virtqueues up again with their death
+ * @reset_work: resets the device and sets it up again
  * @dead_work: resets a dead device and fails what it held
  * @dead_done: completed once @dead_work has run
  * @watchdog: declares the device dead when a control request goes unanswered
@@ -96,7 +103,10 @@ struct vaccel_device {
 	struct virtio_accel_resp_caps caps;
 	struct xarray ctxs;
 	unsigned long flags;
+	u32 gen;
 	unsigned long last_answer;
+	struct mutex vq_lock; /* serialises the virtqueues' set-up and death */
+	struct work_struct reset_work;
 	struct work_struct dead_work;
 	struct completion dead_done;
 	struct delayed_work watchdog;
@@ -104,11 +114,18 @@ struct vaccel_device {
 	wait_queue_head_t job_space;
 };
 
-#define VACCEL_DEAD	0
+#define VACCEL_DEAD		0
+#define VACCEL_RESET_ASKED	1
+#define VACCEL_RESETTING	2
 
 static inline bool vaccel_dead(struct vaccel_device *vd)
 {
 	return test_bit(VACCEL_DEAD, &vd->flags);
+}
+
+static inline bool vaccel_resetting(struct vaccel_device *vd)
+{
+	return test_bit_acquire(VACCEL_RESETTING, &vd->flags);
 }
 
 static inline struct vaccel_device *to_vaccel(struct drm_device *drm)
@@ -136,7 +153,10 @@ enum vaccel_req_state {
  * @resp: device-writable bytes
  * @resp_len: their length
  * @used: bytes the device wrote
- * @err: 0, or -ENODEV when the device died before answering
+ * @err: 0; -ENODEV when the device died before answering; -EIO when the
+ *	driver reset it first
+ * @gen: the device generation the request is for (0: any) until queued,
+ *	then the one that holds it
  * @done: completed when answered or failed
  * @ctx: context the request counts against while queued, if any
  * @job: the job this chain submits, if any
@@ -157,6 +177,7 @@ struct vaccel_req {
 	size_t resp_len;
 	u32 used;
 	int err;
+	u32 gen;
 	struct completion done;
 	struct vaccel_ctx *ctx;
 	struct vaccel_job *job;
@@ -169,13 +190,14 @@ struct vaccel_req {
  * @ref: held by the file, its buffers, its jobs and its teardown
  * @vd: the device
  * @id: host context id
+ * @gen: the device generation it was created in; a reset loses it
  * @fence_context: dma_fence context of its timeline
  * @submit_lock: orders seqno assignment with queueing
  * @next_seqno: last seqno queued
  * @inflight: control requests of this context the device holds
  * @idle: woken when @inflight drops to zero
  * @teardown: its CTX_DESTROY, reserved at creation
- * @lost: the device reported the context lost
+ * @lost: the device reported the context lost, or was reset
  * @destroyed: CTX_DESTROY answered (or the device died): its host
  *	buffers are gone; set and read by the teardown worker only
  */
@@ -183,6 +205,7 @@ struct vaccel_ctx {
 	struct kref ref;
 	struct vaccel_device *vd;
 	u32 id;
+	u32 gen;
 	u64 fence_context;
 	struct mutex submit_lock; /* orders seqno assignment with queueing */
 	u64 next_seqno;
@@ -278,6 +301,8 @@ void vaccel_vq_fill_events(struct vaccel_device *vd);
 void vaccel_vq_start(struct vaccel_device *vd);
 void vaccel_vq_fini(struct vaccel_device *vd);
 void vaccel_device_kill(struct vaccel_device *vd, const char *why);
+void vaccel_device_reset(struct vaccel_device *vd);
+int vaccel_get_caps(struct vaccel_device *vd, struct virtio_accel_resp_caps *caps);
 struct vaccel_req *vaccel_req_alloc(struct vaccel_device *vd, struct vaccel_queue *q,
 				    size_t req_len, size_t resp_len);
 void vaccel_req_put(struct vaccel_req *r);
@@ -296,10 +321,11 @@ struct vaccel_ctx *vaccel_ctx_create(struct vaccel_device *vd, u32 priority);
 void vaccel_ctx_close(struct vaccel_ctx *ctx);
 void vaccel_ctx_put(struct vaccel_ctx *ctx);
 void vaccel_ctx_lost(struct vaccel_device *vd, u32 ctx_id);
+unsigned int vaccel_ctx_lose_all(struct vaccel_device *vd);
 struct vaccel_teardown *vaccel_teardown_alloc(struct vaccel_device *vd, u32 type);
 void vaccel_teardown_free(struct vaccel_teardown *t);
 void vaccel_teardown_queue(struct vaccel_teardown *t, struct vaccel_ctx *ctx, u32 ctx_id,
-			   u32 handle, struct vaccel_bo *bo);
+			   u32 gen, u32 handle, struct vaccel_bo *bo);
 
 /* vaccel_gem.c */
 struct drm_gem_object *vaccel_gem_create_object(struct drm_device *dev, size_t size);

@@ -62,7 +62,7 @@ static void vaccel_gem_free(struct drm_gem_object *obj)
 		return;
 	}
 	bo->teardown = NULL;
-	vaccel_teardown_queue(t, bo->ctx, bo->ctx->id, bo->host_handle, bo);
+	vaccel_teardown_queue(t, bo->ctx, bo->ctx->id, bo->ctx->gen, bo->host_handle, bo);
 }
 
 static const struct drm_gem_object_funcs vaccel_gem_funcs = {
@@ -156,7 +156,8 @@ static void vaccel_bo_create_abandoned(struct vaccel_device *vd, struct vaccel_r
 	if (vaccel_status(r->resp, r->used) != VIRTIO_ACCEL_RESP_OK)
 		return;
 	r->cleanup = NULL;
-	vaccel_teardown_queue(t, r->ctx, r->ctx->id, le32_to_cpu(resp->bo_handle), NULL);
+	vaccel_teardown_queue(t, r->ctx, r->ctx->id, r->ctx->gen, le32_to_cpu(resp->bo_handle),
+			      NULL);
 }
 
 /* Creates the host buffer and attaches the object's pinned pages to it. */

@@ -110,17 +110,20 @@ static void vaccel_job_put(struct vaccel_job *job)
 	kref_put(&job->ref, vaccel_job_free);
 }
 
-/* The device answered a SUBMIT chain, or died first: signal its fence. */
+/*
+ * The device answered a SUBMIT chain, or died first, or was reset first:
+ * signal its fence.
+ */
 void vaccel_job_done(struct vaccel_device *vd, struct vaccel_req *r)
 {
 	struct vaccel_job *job = r->job;
 	u32 status = vaccel_status(r->resp, r->used);
 	int err;
 
-	if (r->err)
+	if (r->err == -ENODEV)
 		err = -ENODEV;
-	else if (status == VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST)
-		err = -ENOTRECOVERABLE;
+	else if (r->err || status == VIRTIO_ACCEL_RESP_ERR_CONTEXT_LOST)
+		err = -ENOTRECOVERABLE;	/* lost, or in a reset of the device */
 	else
 		err = vaccel_status_errno(status);
 	if (err == -ENOTRECOVERABLE)

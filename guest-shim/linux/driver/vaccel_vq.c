@@ -12,7 +12,13 @@
  * request stays unanswered for vaccel_timeout_ms (jobs may legitimately run
  * long, so while only jobs are outstanding it sends a GET_CAPS to see whether
  * the device still answers). A dead device is reset, which stops it touching
- * guest memory, and everything it held fails with -ENODEV.
+ * guest memory, and everything it held fails with -ENODEV; it stays dead.
+ *
+ * A device that asks for a reset (a context-lost event for context 0, spec
+ * 8.1) still answers: the driver resets it and sets it up again, as at
+ * probe. Every context it held is lost; what was outstanding fails with
+ * -EIO (jobs: their context lost), and requests naming a lost context are
+ * refused from then on. Requests made meanwhile wait for the new queues.
  */
 
 #include <linux/scatterlist.h>
@@ -95,11 +101,15 @@ fail:
 	return NULL;
 }
 
-/* Counts @r against @ctx while the device holds it; holds @ctx until freed. */
+/*
+ * Counts @r against @ctx while the device holds it; holds @ctx until freed.
+ * @r is refused once a reset has lost @ctx.
+ */
 void vaccel_req_set_ctx(struct vaccel_req *r, struct vaccel_ctx *ctx)
 {
 	kref_get(&ctx->ref);
 	r->ctx = ctx;
+	r->gen = ctx->gen;
 }
 
 /* The first chunk: the request header and whatever fits after it. */
@@ -174,15 +184,17 @@ static void vaccel_watchdog_arm(struct vaccel_device *vd)
 
 /*
  * Adds @r to @q and notifies the device. With @state TASK_KILLABLE or
- * TASK_IDLE, waits in that state for ring space; with 0, fails with -ENOSPC
- * when the ring is full. Fails with -ENODEV once the device is dead.
+ * TASK_IDLE, waits in that state for ring space and for a reset to end;
+ * with 0, fails with -ENOSPC when the ring is full and -EAGAIN during a
+ * reset. Fails with -ENODEV once the device is dead, and with -EIO when @r
+ * names a context a reset has lost. The device is notified under the lock,
+ * so a reset never frees a virtqueue someone is notifying.
  */
 static int vaccel_queue_add(struct vaccel_device *vd, struct vaccel_queue *q,
 			    struct vaccel_req *r, unsigned int state)
 {
 	struct scatterlist in, *sgs[] = { r->out, &in };
 	unsigned int seen;
-	bool notify;
 	int ret;
 
 	sg_init_one(&in, r->resp, r->resp_len);
@@ -192,12 +204,19 @@ static int vaccel_queue_add(struct vaccel_device *vd, struct vaccel_queue *q,
 			spin_unlock(&q->lock);
 			return -ENODEV;
 		}
-		ret = virtqueue_add_sgs(q->vq, sgs, 1, 1, r, GFP_ATOMIC);
-		if (!ret)
-			break;
+		ret = -EAGAIN;
+		if (!vaccel_resetting(vd)) {
+			if (r->gen && r->gen != READ_ONCE(vd->gen)) {
+				spin_unlock(&q->lock);
+				return -EIO;
+			}
+			ret = virtqueue_add_sgs(q->vq, sgs, 1, 1, r, GFP_ATOMIC);
+			if (!ret)
+				break;
+		}
 		seen = q->freed;
 		spin_unlock(&q->lock);
-		if (ret != -ENOSPC || !state)
+		if ((ret != -ENOSPC && ret != -EAGAIN) || !state)
 			return ret;
 		ret = 0;
 		if (state == TASK_KILLABLE)
@@ -210,18 +229,17 @@ static int vaccel_queue_add(struct vaccel_device *vd, struct vaccel_queue *q,
 	}
 	kref_get(&r->ref);
 	r->sent = jiffies;
+	r->gen = vd->gen;
 	list_add_tail(&r->node, &q->pending);
 	if (r->ctx)
 		atomic_inc(&r->ctx->inflight);
-	notify = virtqueue_kick_prepare(q->vq);
+	virtqueue_kick(q->vq);
 	spin_unlock(&q->lock);
-	if (notify)
-		virtqueue_notify(q->vq);
 	vaccel_watchdog_arm(vd);
 	return 0;
 }
 
-/* The device answered @r (@err 0) or will never answer it (-ENODEV). */
+/* The device answered @r (@err 0) or will never answer it (-ENODEV, -EIO). */
 static void vaccel_req_finish(struct vaccel_device *vd, struct vaccel_req *r, int err, u32 len)
 {
 	struct vaccel_ctx *ctx = r->ctx;
@@ -273,11 +291,10 @@ static void vaccel_reap(struct vaccel_device *vd, struct vaccel_queue *q)
 static void vaccel_reap_work(struct work_struct *w)
 {
 	struct vaccel_queue *q = container_of(w, struct vaccel_queue, work);
-	struct vaccel_device *vd = q->vq->vdev->priv;
 
 	/* A dead device's buffers are reaped by vaccel_dead_work(). */
-	if (!vaccel_dead(vd))
-		vaccel_reap(vd, q);
+	if (!vaccel_dead(q->vd))
+		vaccel_reap(q->vd, q);
 }
 
 static int vaccel_add_event_buf(struct vaccel_device *vd, struct virtio_accel_event *ev)
@@ -307,7 +324,7 @@ static void vaccel_event_work(struct work_struct *w)
 			if (ctx)
 				vaccel_ctx_lost(vd, ctx);
 			else
-				vaccel_device_kill(vd, "the device reported a broken queue");
+				vaccel_device_reset(vd);
 		} else {
 			drm_dbg(&vd->drm, "ignoring event %#x (%u bytes)\n", type, len);
 		}
@@ -320,17 +337,18 @@ static void vaccel_event_work(struct work_struct *w)
 	spin_unlock(&vd->event.lock);
 }
 
+/* By index: a reset replaces the virtqueues under a running callback. */
 static void vaccel_vq_callback(struct virtqueue *vq)
 {
 	struct vaccel_device *vd = vq->vdev->priv;
-	struct vaccel_queue *q = vq == vd->ctrl.vq ? &vd->ctrl :
-				 vq == vd->submit.vq ? &vd->submit : &vd->event;
+	struct vaccel_queue *q = vq->index == VIRTIO_ACCEL_VQ_CONTROL ? &vd->ctrl :
+				 vq->index == VIRTIO_ACCEL_VQ_SUBMIT ? &vd->submit : &vd->event;
 
 	queue_work(vaccel_async_wq, &q->work);
 }
 
-/* Answers, or fails with -ENODEV, every chain of a reset device's queue. */
-static void vaccel_fail_queue(struct vaccel_device *vd, struct vaccel_queue *q)
+/* Answers, or fails with @err, every chain of a reset device's queue. */
+static void vaccel_fail_queue(struct vaccel_device *vd, struct vaccel_queue *q, int err)
 {
 	struct vaccel_req *r, *tmp;
 	LIST_HEAD(failed);
@@ -347,26 +365,53 @@ static void vaccel_fail_queue(struct vaccel_device *vd, struct vaccel_queue *q)
 	wake_up_all(&q->space);
 	list_for_each_entry_safe(r, tmp, &failed, node) {
 		list_del_init(&r->node);
-		vaccel_req_finish(vd, r, -ENODEV, 0);
+		vaccel_req_finish(vd, r, err, 0);
 	}
+}
+
+/*
+ * Resets the device, which stops it touching guest memory (over vhost-user
+ * the reset is acknowledged once the jobs on the NPU have ended), and fails
+ * with @err every request it had not answered.
+ */
+static void vaccel_vq_stop(struct vaccel_device *vd, int err)
+{
+	virtio_reset_device(vd->vdev);
+	cancel_work_sync(&vd->ctrl.work);
+	cancel_work_sync(&vd->submit.work);
+	cancel_work_sync(&vd->event.work);
+	vaccel_fail_queue(vd, &vd->ctrl, err);
+	vaccel_fail_queue(vd, &vd->submit, err);
+	spin_lock(&vd->event.lock);
+	while (virtqueue_detach_unused_buf(vd->event.vq))
+		;
+	spin_unlock(&vd->event.lock);
 }
 
 static void vaccel_dead_work(struct work_struct *w)
 {
 	struct vaccel_device *vd = container_of(w, struct vaccel_device, dead_work);
 
-	/* After the reset the device touches no guest memory. */
-	virtio_reset_device(vd->vdev);
-	cancel_work_sync(&vd->ctrl.work);
-	cancel_work_sync(&vd->submit.work);
-	cancel_work_sync(&vd->event.work);
-	vaccel_fail_queue(vd, &vd->ctrl);
-	vaccel_fail_queue(vd, &vd->submit);
-	spin_lock(&vd->event.lock);
-	while (virtqueue_detach_unused_buf(vd->event.vq))
-		;
-	spin_unlock(&vd->event.lock);
+	mutex_lock(&vd->vq_lock);
+	/* Without queues (setting them up again failed) nothing is held. */
+	if (vd->ctrl.vq)
+		vaccel_vq_stop(vd, -ENODEV);
+	mutex_unlock(&vd->vq_lock);
 	complete_all(&vd->dead_done);
+}
+
+/* Wakes every waiter for ring space or a job slot, to look again. */
+static void vaccel_wake_all(struct vaccel_device *vd)
+{
+	struct vaccel_queue *qs[] = { &vd->ctrl, &vd->submit };
+
+	for (int i = 0; i < ARRAY_SIZE(qs); i++) {
+		spin_lock(&qs[i]->lock);
+		qs[i]->freed++;
+		spin_unlock(&qs[i]->lock);
+		wake_up_all(&qs[i]->space);
+	}
+	wake_up_all(&vd->job_space);
 }
 
 /*
@@ -387,9 +432,7 @@ void vaccel_device_kill(struct vaccel_device *vd, const char *why)
 	spin_unlock(&vd->event.lock);
 	if (why)
 		drm_err(&vd->drm, "device dead: %s\n", why);
-	wake_up_all(&vd->ctrl.space);
-	wake_up_all(&vd->submit.space);
-	wake_up_all(&vd->job_space);
+	vaccel_wake_all(vd);
 	queue_work(vaccel_async_wq, &vd->dead_work);
 }
 
@@ -419,6 +462,11 @@ static void vaccel_watchdog(struct work_struct *w)
 
 	if (vaccel_dead(vd))
 		return;
+	/* A reset fails what was outstanding and bounds its own GET_CAPS. */
+	if (vaccel_resetting(vd)) {
+		vaccel_watchdog_arm(vd);
+		return;
+	}
 	if (vd->vdev->config->get_status(vd->vdev) & VIRTIO_CONFIG_S_NEEDS_RESET) {
 		vaccel_device_kill(vd, "the device needs a reset");
 		return;
@@ -442,15 +490,16 @@ static void vaccel_watchdog(struct work_struct *w)
 		vaccel_watchdog_arm(vd);
 }
 
-static void vaccel_queue_init(struct vaccel_queue *q, work_func_t fn)
+static void vaccel_queue_init(struct vaccel_device *vd, struct vaccel_queue *q, work_func_t fn)
 {
+	q->vd = vd;
 	spin_lock_init(&q->lock);
 	init_waitqueue_head(&q->space);
 	INIT_WORK(&q->work, fn);
 	INIT_LIST_HEAD(&q->pending);
 }
 
-int vaccel_vq_init(struct vaccel_device *vd)
+static int vaccel_vq_find(struct vaccel_device *vd)
 {
 	struct virtqueue_info info[VIRTIO_ACCEL_NUM_QUEUES] = {
 		{ "control", vaccel_vq_callback },
@@ -460,18 +509,6 @@ int vaccel_vq_init(struct vaccel_device *vd)
 	struct virtqueue *vqs[VIRTIO_ACCEL_NUM_QUEUES];
 	int ret;
 
-	vaccel_queue_init(&vd->ctrl, vaccel_reap_work);
-	vaccel_queue_init(&vd->submit, vaccel_reap_work);
-	vaccel_queue_init(&vd->event, vaccel_event_work);
-	INIT_WORK(&vd->dead_work, vaccel_dead_work);
-	init_completion(&vd->dead_done);
-	INIT_DELAYED_WORK(&vd->watchdog, vaccel_watchdog);
-	init_waitqueue_head(&vd->job_space);
-	vd->last_answer = jiffies;
-	vd->events = devm_kcalloc(vd->drm.dev, VACCEL_NUM_EVENTS, sizeof(*vd->events),
-				  GFP_KERNEL);
-	if (!vd->events)
-		return -ENOMEM;
 	ret = virtio_find_vqs(vd->vdev, VIRTIO_ACCEL_NUM_QUEUES, vqs, info, NULL);
 	if (ret)
 		return ret;
@@ -482,6 +519,28 @@ int vaccel_vq_init(struct vaccel_device *vd)
 	vd->submit.size = virtqueue_get_vring_size(vd->submit.vq);
 	vd->event.size = virtqueue_get_vring_size(vd->event.vq);
 	return 0;
+}
+
+static void vaccel_reset_work(struct work_struct *w);
+
+int vaccel_vq_init(struct vaccel_device *vd)
+{
+	vaccel_queue_init(vd, &vd->ctrl, vaccel_reap_work);
+	vaccel_queue_init(vd, &vd->submit, vaccel_reap_work);
+	vaccel_queue_init(vd, &vd->event, vaccel_event_work);
+	mutex_init(&vd->vq_lock);
+	INIT_WORK(&vd->reset_work, vaccel_reset_work);
+	INIT_WORK(&vd->dead_work, vaccel_dead_work);
+	init_completion(&vd->dead_done);
+	INIT_DELAYED_WORK(&vd->watchdog, vaccel_watchdog);
+	init_waitqueue_head(&vd->job_space);
+	vd->gen = 1;
+	vd->last_answer = jiffies;
+	vd->events = devm_kcalloc(vd->drm.dev, VACCEL_NUM_EVENTS, sizeof(*vd->events),
+				  GFP_KERNEL);
+	if (!vd->events)
+		return -ENOMEM;
+	return vaccel_vq_find(vd);
 }
 
 /* Fills the event queue; before DRIVER_OK, as the device expects (spec 5). */
@@ -510,8 +569,108 @@ void vaccel_vq_fini(struct vaccel_device *vd)
 {
 	vaccel_device_kill(vd, NULL);
 	wait_for_completion(&vd->dead_done);
+	cancel_work_sync(&vd->reset_work);
 	cancel_delayed_work_sync(&vd->watchdog);
 	vd->vdev->config->del_vqs(vd->vdev);
+}
+
+/*
+ * Brings the device from reset back to DRIVER_OK with new virtqueues, as
+ * probe does: features again, the queues, the event buffers before
+ * DRIVER_OK (spec 5).
+ */
+static int vaccel_vq_restart(struct vaccel_device *vd)
+{
+	struct virtio_device *vdev = vd->vdev;
+	int ret;
+
+	vdev->config->del_vqs(vdev);
+	vd->ctrl.vq = NULL;
+	vd->submit.vq = NULL;
+	vd->event.vq = NULL;
+	virtio_add_status(vdev, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+	virtio_add_status(vdev, VIRTIO_CONFIG_S_DRIVER);
+	ret = vdev->config->finalize_features(vdev);
+	if (ret)
+		return ret;
+	virtio_add_status(vdev, VIRTIO_CONFIG_S_FEATURES_OK);
+	if (!(vdev->config->get_status(vdev) & VIRTIO_CONFIG_S_FEATURES_OK))
+		return -ENODEV;
+	ret = vaccel_vq_find(vd);
+	if (ret)
+		return ret;
+	vaccel_vq_fill_events(vd);
+	virtio_device_ready(vdev);
+	vaccel_vq_start(vd);
+	return 0;
+}
+
+/*
+ * The device asked for a reset. Under @vq_lock, so a death (removal) waits
+ * for the queues to be whole: requests wait; the device is reset, which
+ * stops every write; what it held fails with -EIO; every context is lost;
+ * the queues are set up again. Then the device must answer a GET_CAPS, or
+ * the watchdog declares it dead.
+ */
+static void vaccel_reset_work(struct work_struct *w)
+{
+	struct vaccel_device *vd = container_of(w, struct vaccel_device, reset_work);
+	struct virtio_accel_resp_caps caps;
+	unsigned int lost;
+	int ret;
+
+	mutex_lock(&vd->vq_lock);
+	if (vaccel_dead(vd) || !test_bit(VACCEL_RESET_ASKED, &vd->flags)) {
+		mutex_unlock(&vd->vq_lock);
+		return;
+	}
+	set_bit(VACCEL_RESETTING, &vd->flags);
+	/* Whoever was adding a buffer has finished once we hold the lock. */
+	spin_lock(&vd->ctrl.lock);
+	spin_unlock(&vd->ctrl.lock);
+	spin_lock(&vd->submit.lock);
+	spin_unlock(&vd->submit.lock);
+	spin_lock(&vd->event.lock);
+	spin_unlock(&vd->event.lock);
+	drm_warn(&vd->drm, "the device asked for a reset: resetting it\n");
+	vaccel_vq_stop(vd, -EIO);
+	/* Events of before the reset are gone with it. */
+	clear_bit(VACCEL_RESET_ASKED, &vd->flags);
+	lost = vaccel_ctx_lose_all(vd);
+	/* Removed meanwhile: the death that follows needs no new queues. */
+	ret = vaccel_dead(vd) ? 0 : vaccel_vq_restart(vd);
+	if (ret) {
+		drm_err(&vd->drm, "device dead: setting it up after its reset failed: %d\n",
+			ret);
+		set_bit(VACCEL_DEAD, &vd->flags);
+		clear_bit_unlock(VACCEL_RESETTING, &vd->flags);
+		vaccel_wake_all(vd);
+		complete_all(&vd->dead_done);
+		mutex_unlock(&vd->vq_lock);
+		return;
+	}
+	clear_bit_unlock(VACCEL_RESETTING, &vd->flags);
+	vaccel_wake_all(vd);
+	mutex_unlock(&vd->vq_lock);
+
+	if (vaccel_dead(vd))
+		return;
+	ret = vaccel_get_caps(vd, &caps);
+	if (ret)
+		drm_err(&vd->drm, "GET_CAPS after the reset: %d\n", ret);
+	else
+		drm_info(&vd->drm, "device reset: %u contexts lost, new ones work\n", lost);
+}
+
+/*
+ * The device needs a reset (spec 8.1): a worker makes it. Not for a dead
+ * device, which is never set up again.
+ */
+void vaccel_device_reset(struct vaccel_device *vd)
+{
+	if (vaccel_dead(vd) || test_and_set_bit(VACCEL_RESET_ASKED, &vd->flags))
+		return;
+	queue_work(vaccel_async_wq, &vd->reset_work);
 }
 
 /*

@@ -16,10 +16,16 @@
  *	NO_MEMORY	-ENOMEM		the device had no working memory for it
  *	CANCELED	-ECANCELED	it never ran: its context was destroyed or
  *					a fence it waited for can never signal
- *	CONTEXT_LOST	-ENOTRECOVERABLE its context was lost (a job hung or the
- *					device failed); the file takes no more jobs
+ *	CONTEXT_LOST	-ENOTRECOVERABLE its context was lost (a job hung, the
+ *					device failed or was reset); the file
+ *					takes no more jobs
  *	DEVICE_LOST	-ENODEV		the device stopped answering or was
  *					removed before answering
+ *
+ * A file whose context is lost gets EIO from every ioctl that would reach
+ * the device; other files go on. A device that asks for a reset is reset
+ * by the driver and set up again: every file open then loses its context,
+ * files opened afterwards work.
  *
  * Every wait on the device is bounded: a device that leaves a request
  * unanswered for the module parameter timeout_ms is declared dead, and

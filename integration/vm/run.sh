@@ -4,15 +4,24 @@
 # vhost-device-accel daemon on the software NPU. Each guest runs accel-info,
 # accel-run (workloads checked against a CPU reference) and libdrm's
 # drmGetVersion(), reloads the driver, then removes the device under running
-# jobs and unloads the driver. Three more guests, each on its own daemon:
-# one whose first job hangs (the context is reported lost); one running
-# hostile userspace (vaccel-test hostile) against a daemon with small limits;
-# one whose daemon fails jobs and is stopped, continued and killed when the
-# guest asks on its console (vaccel-test lifecycle). PASS only if every check
-# passed in every guest.
+# jobs and unloads the driver. Four more guests, each on its own daemon:
+# one whose jobs hang (their contexts are reported lost, others' files go
+# on) and whose NPU fails as a whole (the driver resets the device itself);
+# one running hostile userspace (vaccel-test hostile) against a daemon with
+# small limits; one whose daemon fails jobs and is stopped, continued and
+# killed when the guest asks on its console (vaccel-test lifecycle); one
+# whose jobs take a second each, stopped and continued by QEMU's monitor
+# (QMP) under running jobs, then unbound and removed under a running job
+# with a canary buffer (pause). PASS only if every check passed in every
+# guest. qemu-reconnect.sh then shows, for information, that QEMU cannot
+# take a backend restart.
 #
 # VACCEL_DRIVER_DIR builds the kernel module from another tree (its driver/
 # and include/), e.g. an older version, to see the checks fail.
+# VACCEL_DAEMON runs another vhost-device-accel binary (an older build, to
+# see the checks fail). VACCEL_VM_ONLY="NAME..." boots only these guests
+# (side, hang, hostile, lifecycle, pause, reconnect). VACCEL_PAUSE_ROUNDS
+# sets how often the pause guest is stopped and continued (default 3).
 #
 # Needs root on Debian (bookworm or later) with a Rust toolchain. Downloads
 # and the prepared root are cached outside the repository (prepare.sh).
@@ -24,8 +33,13 @@ CACHE=${VACCEL_VM_CACHE:-/var/tmp/virtio-accel-vm}
 VMS=${VACCEL_VMS:-2}
 TIMEOUT=${VACCEL_VM_TIMEOUT:-300}
 DRV=${VACCEL_DRIVER_DIR:-$TOP/guest-shim/linux}
+BIN=${VACCEL_DAEMON:-$TOP/target/release/vhost-device-accel}
+ONLY=${VACCEL_VM_ONLY:-side hang hostile lifecycle pause reconnect}
+ROUNDS=${VACCEL_PAUSE_ROUNDS:-3}
+QMP=$TOP/target/release/vaccel-qmp
 R=$CACHE/root
 log() { echo "vm-e2e: $*" >&2; }
+want() { [[ " $ONLY " == *" $1 "* ]]; }
 t0=$(date +%s)
 
 "$HERE/prepare.sh"
@@ -34,7 +48,7 @@ K=$CACHE/kernel-$KVER
 
 mount -t proc proc "$R/proc" 2>/dev/null || true
 cleanup() {
-    for d in ${DAEMON:-} ${HANG_DAEMON:-} ${HOSTILE_DAEMON:-} ${LIFE_DAEMON:-}; do
+    for d in ${DAEMON:-} ${HANG_DAEMON:-} ${HOSTILE_DAEMON:-} ${LIFE_DAEMON:-} ${PAUSE_DAEMON:-}; do
         kill -CONT "$d" 2>/dev/null || true
         kill "$d" 2>/dev/null || true
     done
@@ -79,8 +93,10 @@ if [ -z "${VACCEL_DRIVER_DIR:-}" ] && [ -e "$CACHE/checkpatch/.ready" ]; then
     fi
 fi
 
-log "building the daemon and the static guest tools"
+log "building the daemon, the test tools and the static guest tools"
 (cd "$TOP" && cargo build -q --release -p vhost-device-accel)
+(cd "$TOP" && cargo build -q --release -p virtio-accel-integration --bin vaccel-qmp \
+    --bin vhost-user-null)
 (cd "$TOP" && RUSTFLAGS='-C target-feature=+crt-static' cargo build -q --release \
     --target x86_64-unknown-linux-gnu -p virtio-accel-guest --bins)
 
@@ -125,45 +141,56 @@ rm -rf "$S"
 chroot "$R" qemu-system-x86_64 -device help 2>/dev/null | grep -q vhost-user-test-device-pci ||
     { log "QEMU in the root lacks vhost-user-test-device-pci"; exit 1; }
 
-log "starting vhost-device-accel with $VMS sockets, and one daemon for each other guest"
+log "starting vhost-device-accel ($BIN) with $VMS sockets, and one daemon for each other guest"
 socks=()
 for i in $(seq 0 $((VMS - 1))); do
     rm -f "$R/tmp/accel$i.sock"
-    socks+=(--socket-path "$R/tmp/accel$i.sock")
+    socks+=("$R/tmp/accel$i.sock")
 done
-"$TOP/target/release/vhost-device-accel" "${socks[@]}" --log-level info >"$CACHE/daemon.log" 2>&1 &
+sock_args=()
+for s in "${socks[@]}"; do sock_args+=(--socket-path "$s"); done
+"$BIN" "${sock_args[@]}" --log-level info >"$CACHE/daemon.log" 2>&1 &
 DAEMON=$!
 rm -f "$R/tmp/accel-hang.sock"
+# Jobs 1 and 2 hang (a 300 ms job timeout loses their contexts); at jobs
+# 4, 60 and 150 the NPU fails as a whole.
 echo "job_timeout_ms = 300" >"$CACHE/hang.toml"
-"$TOP/target/release/vhost-device-accel" --socket-path "$R/tmp/accel-hang.sock" --hang-jobs 1 \
+"$BIN" --socket-path "$R/tmp/accel-hang.sock" --hang-jobs 1,2 --device-error-jobs 4,60,150 \
     --config "$CACHE/hang.toml" >"$CACHE/daemon-hang.log" 2>&1 &
 HANG_DAEMON=$!
 # Small limits for hostile userspace: 4 jobs in flight, 64 buffers, and
 # enough bytes for a 256 MiB buffer; 5 ms per job so jobs pile up.
-rm -f "$R/tmp/accel-hostile.sock" "$R/tmp/accel-life.sock"
+rm -f "$R/tmp/accel-hostile.sock" "$R/tmp/accel-life.sock" "$R/tmp/accel-pause.sock"
 printf '[limits]\nmax_jobs_in_flight = 4\nmax_bos = 64\nmax_total_bo_bytes = 402653184\n' \
     >"$CACHE/hostile.toml"
-"$TOP/target/release/vhost-device-accel" --socket-path "$R/tmp/accel-hostile.sock" \
+"$BIN" --socket-path "$R/tmp/accel-hostile.sock" \
     --config "$CACHE/hostile.toml" --latency-us 5000 >"$CACHE/daemon-hostile.log" 2>&1 &
 HOSTILE_DAEMON=$!
 # Fails jobs 1 and 2; quotas the lifecycle guest fills to prove nothing leaked.
 printf '[limits]\nmax_contexts = 16\nmax_bos = 32\n' >"$CACHE/life.toml"
-"$TOP/target/release/vhost-device-accel" --socket-path "$R/tmp/accel-life.sock" \
+"$BIN" --socket-path "$R/tmp/accel-life.sock" \
     --config "$CACHE/life.toml" --fail-jobs 1,2 >"$CACHE/daemon-life.log" 2>&1 &
 LIFE_DAEMON=$!
-for s in "${socks[@]}" "$R/tmp/accel-hang.sock" "$R/tmp/accel-hostile.sock" "$R/tmp/accel-life.sock"; do
-    [ "$s" = --socket-path ] && continue
+# Every job takes a second, so that a VM stop and a removal land on running
+# jobs; metrics on a loopback port of its choosing.
+"$BIN" --vm socket="$R/tmp/accel-pause.sock",name=pause --latency-us 1000000 \
+    --metrics-addr 127.0.0.1:0 >"$CACHE/daemon-pause.log" 2>&1 &
+PAUSE_DAEMON=$!
+for s in "${socks[@]}" "$R/tmp/accel-hang.sock" "$R/tmp/accel-hostile.sock" \
+    "$R/tmp/accel-life.sock" "$R/tmp/accel-pause.sock"; do
     for _ in $(seq 200); do [ -S "$s" ] && break; sleep 0.05; done
 done
+PAUSE_PORT=$(sed -n 's|.*metrics on http://127.0.0.1:\([0-9]*\)/metrics.*|\1|p' "$CACHE/daemon-pause.log")
 
-boot() { # boot NAME SOCKET CMDLINE-EXTRA [MEMORY]
-    mem=${4:-512M}
+boot() { # boot NAME SOCKET CMDLINE-EXTRA [MEMORY [QEMU-ARGS...]]
+    local name=$1 sock=$2 append=$3 mem=${4:-512M}
+    shift $(($# < 4 ? $# : 4))
     timeout "$TIMEOUT" chroot "$R" qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1 -m "$mem" \
         -object memory-backend-memfd,id=mem,size="$mem",share=on -machine memory-backend=mem \
-        -chardev socket,id=c0,path="$2" \
+        -chardev socket,id=c0,path="$sock" \
         -device vhost-user-test-device-pci,chardev=c0,virtio-id=39,num_vqs=3,config_size=72 \
-        -kernel /tmp/vmlinuz -initrd /tmp/initrd.gz -append "console=ttyS0 panic=-1 quiet $3" \
-        -display none -serial stdio -monitor none -no-reboot </dev/null >"$CACHE/$1.log" 2>&1
+        -kernel /tmp/vmlinuz -initrd /tmp/initrd.gz -append "console=ttyS0 panic=-1 quiet $append" \
+        -display none -serial stdio -monitor none -no-reboot "$@" </dev/null >"$CACHE/$name.log" 2>&1
 }
 # Acts on what the lifecycle guest asks on its console: VACCEL-HOST
 # stop|cont|kill (SIGSTOP, SIGCONT, SIGKILL its daemon), while $2 runs.
@@ -185,47 +212,136 @@ host_agent() { # host_agent LOG PID
     done
 }
 
-log "booting $VMS guests side by side with the hang guest"
+# The pause daemon's counters: "depth busy jobs device-seconds engine-seconds"
+# (jobs in flight, engines running a job, jobs answered, NPU time).
+pause_metrics() {
+    local text
+    text=$(exec 3<>"/dev/tcp/127.0.0.1/$PAUSE_PORT" &&
+        printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3) 2>/dev/null || return 1
+    awk '/^vaccel_queue_depth\{vm="pause"\} / {d = $2}
+         /^vaccel_engines_busy / {b = $2}
+         /^vaccel_jobs_total\{vm="pause",/ {j += $2}
+         /^vaccel_device_seconds_total\{vm="pause"\} / {s = $2}
+         /^vaccel_engine_busy_seconds_total / {e = $2}
+         END {printf "%d %d %d %s %s\n", d, b, j, s, e}' <<<"$text"
+}
+# Stops and continues the pause guest's VM over QMP each time it prints
+# VACCEL-HOST pause, once jobs are in flight and one is on the NPU; checks
+# that jobs stayed in flight across the stop and that nothing ran while
+# the VM was stopped. Writes CHECK pause-stopped to $1.host.
+pause_agent() { # pause_agent LOG PID
+    local seen=0 n ok=1 m0 m1 m2 d b t0 t1
+    while kill -0 "$2" 2>/dev/null; do
+        n=$(grep -c '^VACCEL-HOST pause' "$1" 2>/dev/null || true)
+        while [ "$seen" -lt "${n:-0}" ]; do
+            seen=$((seen + 1))
+            for _ in $(seq 400); do
+                m0=$(pause_metrics) || m0="0 0"
+                read -r d b _ <<<"$m0"
+                [ "$d" -ge 1 ] && [ "$b" -ge 1 ] && break
+                sleep 0.05
+            done
+            t0=$(date +%s%N)
+            "$QMP" "$R/tmp/qmp-pause.sock" stop >/dev/null || ok=0
+            t1=$(date +%s%N)
+            m1=$(pause_metrics) || ok=0
+            sleep 1.5
+            m2=$(pause_metrics) || ok=0
+            "$QMP" "$R/tmp/qmp-pause.sock" cont >/dev/null || ok=0
+            read -r d b _ <<<"$m0"
+            { [ "$d" -ge 1 ] && [ "$b" -ge 1 ]; } || ok=0
+            read -r d _ <<<"$m1"
+            [ "$d" -ge 1 ] || ok=0
+            [ "$(cut -d' ' -f3- <<<"$m1")" = "$(cut -d' ' -f3- <<<"$m2")" ] || ok=0
+            echo "  stop $seen: before [$m0], the stop took $(((t1 - t0) / 1000000)) ms," \
+                "stopped [$m1], 1.5 s later [$m2] (depth busy jobs device engine)" >>"$1.host"
+            log "pause guest: stopped and continued the VM ($seen)"
+        done
+        sleep 0.1
+    done
+    [ "$seen" -ge "$ROUNDS" ] || ok=0
+    echo "CHECK pause-stopped $([ "$ok" = 1 ] && echo PASS || echo FAIL)" >>"$1.host"
+}
+
+# Phase 1: the two guests side by side, the hang guest, and QEMU's backend
+# restart (informational).
 pids=()
-for i in $(seq 0 $((VMS - 1))); do
-    boot "guest$i" "/tmp/accel$i.sock" "" &
+if want side; then
+    log "booting $VMS guests side by side"
+    for i in $(seq 0 $((VMS - 1))); do
+        boot "guest$i" "/tmp/accel$i.sock" "" &
+        pids+=($!)
+    done
+fi
+if want hang; then
+    log "booting the hang guest"
+    boot guest-hang /tmp/accel-hang.sock vaccel_test=hang &
     pids+=($!)
-done
-boot guest-hang /tmp/accel-hang.sock vaccel_test=hang &
-pids+=($!)
+fi
+if want reconnect; then
+    log "showing what QEMU does when a backend restarts (informational)"
+    "$HERE/qemu-reconnect.sh" >"$CACHE/qemu-reconnect.log" 2>&1 &
+    pids+=($!)
+fi
 for p in "${pids[@]}"; do wait "$p" || true; done
 kill "$HANG_DAEMON" 2>/dev/null || true
 
-log "booting the hostile and the lifecycle guests side by side"
-boot guest-hostile /tmp/accel-hostile.sock vaccel_test=hostile 1G &
-hp=$!
-boot guest-lifecycle /tmp/accel-life.sock vaccel_test=lifecycle &
-lp=$!
-host_agent "$CACHE/guest-lifecycle.log" "$lp"
-wait "$hp" || true
-wait "$lp" || true
+# Phase 2: the hostile, lifecycle and pause guests.
+pids=()
+if want hostile; then
+    log "booting the hostile guest"
+    boot guest-hostile /tmp/accel-hostile.sock vaccel_test=hostile 1G &
+    pids+=($!)
+fi
+if want pause; then
+    log "booting the pause guest"
+    rm -f "$CACHE/guest-pause.log.host" "$R/tmp/qmp-pause.sock"
+    boot guest-pause /tmp/accel-pause.sock "vaccel_test=pause vaccel_rounds=$ROUNDS" 512M \
+        -qmp unix:/tmp/qmp-pause.sock,server=on,wait=off &
+    pp=$!
+    pids+=($pp)
+    if [ "$ROUNDS" -gt 0 ]; then
+        pause_agent "$CACHE/guest-pause.log" "$pp" &
+        pids+=($!)
+    fi
+fi
+if want lifecycle; then
+    log "booting the lifecycle guest"
+    boot guest-lifecycle /tmp/accel-life.sock vaccel_test=lifecycle &
+    lp=$!
+    host_agent "$CACHE/guest-lifecycle.log" "$lp"
+fi
+for p in "${pids[@]}"; do wait "$p" || true; done
 
 fail=0
-verdict() { # verdict NAME EXPECTED-PASSES
+verdict() { # verdict NAME EXPECTED-PASSES: the guest's checks and the host's
     g=$CACHE/$1.log
     echo "--- $1"
-    grep -E '^(CHECK|  |accel-run:|accel-info:|libdrm|npu:|driver:|inflight:)' "$g" | tr -d '\r' || true
-    n_pass=$(grep -c '^CHECK .* PASS' "$g" || true)
-    if grep -q '^CHECK .* FAIL' "$g" || [ "$n_pass" -lt "$2" ] || ! grep -q E2E-DONE "$g"; then
+    cat "$g" "$g.host" 2>/dev/null |
+        grep -E '^(CHECK|  |accel-run:|accel-info:|libdrm|npu:|driver:|inflight:|pipeline:)' |
+        tr -d '\r' || true
+    n_pass=$(cat "$g" "$g.host" 2>/dev/null | grep -c '^CHECK .* PASS' || true)
+    if cat "$g" "$g.host" 2>/dev/null | grep -q '^CHECK .* FAIL' || [ "$n_pass" -lt "$2" ] ||
+        ! grep -q E2E-DONE "$g"; then
         fail=1
         echo "--- $1: last lines"
         tail -40 "$g"
     fi
 }
-for i in $(seq 0 $((VMS - 1))); do verdict "guest$i" 8; done
-verdict guest-hang 4
-verdict guest-hostile 17
-verdict guest-lifecycle 9
+if want side; then for i in $(seq 0 $((VMS - 1))); do verdict "guest$i" 8; done; fi
+if want hang; then verdict guest-hang 8; fi
+if want hostile; then verdict guest-hostile 17; fi
+if want lifecycle; then verdict guest-lifecycle 9; fi
+if want pause; then verdict guest-pause $((ROUNDS > 0 ? 8 : 6)); fi
+if want reconnect; then
+    echo "--- QEMU and a backend restart (informational, not a check)"
+    cat "$CACHE/qemu-reconnect.log"
+fi
 echo "--- daemon"
 tail -5 "$CACHE/daemon.log"
 secs=$(($(date +%s) - t0))
 if [ "$fail" = 0 ]; then
-    echo "E2E-RESULT: PASS ($VMS guests side by side + hang, hostile and lifecycle guests, ${secs}s)"
+    echo "E2E-RESULT: PASS (guests: $ONLY; ${secs}s)"
 else
     echo "E2E-RESULT: FAIL (${secs}s)"
     exit 1

@@ -300,6 +300,12 @@ int main(int argc, char **argv)
 		return lifecycle_main(argc, argv);
 	if (argc > 1 && !strcmp(argv[1], "lifecycle"))
 		return lifecycle_main(argc - 1, argv + 1);
-	fprintf(stderr, "usage: vaccel-test hostile|lifecycle|inflight ...\n");
+	if (argc > 1 && !strcmp(argv[1], "reset"))
+		return reset_main(argc - 1, argv + 1);
+	if (argc > 1 && !strcmp(argv[1], "pipeline"))
+		return pipeline_main(argc - 1, argv + 1);
+	if (argc > 1 && !strcmp(argv[1], "canary"))
+		return canary_main(argc - 1, argv + 1);
+	fprintf(stderr, "usage: vaccel-test hostile|lifecycle|inflight|reset|pipeline|canary ...\n");
 	return 2;
 }

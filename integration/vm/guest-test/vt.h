@@ -61,5 +61,8 @@ int case_cmd_held(void *unused);
 
 int hostile_main(int argc, char **argv);
 int lifecycle_main(int argc, char **argv);
+int reset_main(int argc, char **argv);
+int pipeline_main(int argc, char **argv);
+int canary_main(int argc, char **argv);
 
 #endif

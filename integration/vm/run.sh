@@ -226,9 +226,10 @@ pause_metrics() {
          END {printf "%d %d %d %s %s\n", d, b, j, s, e}' <<<"$text"
 }
 # Stops and continues the pause guest's VM over QMP each time it prints
-# VACCEL-HOST pause, once jobs are in flight and one is on the NPU; checks
-# that jobs stayed in flight across the stop and that nothing ran while
-# the VM was stopped. Writes CHECK pause-stopped to $1.host.
+# VACCEL-HOST pause, once the pipeline's jobs are in flight (4 or more) and
+# one is on the NPU; checks that jobs stayed in flight across the stop and
+# that nothing ran while the VM was stopped. Writes CHECK pause-stopped to
+# $1.host.
 pause_agent() { # pause_agent LOG PID
     local seen=0 n ok=1 m0 m1 m2 d b t0 t1
     while kill -0 "$2" 2>/dev/null; do
@@ -238,7 +239,7 @@ pause_agent() { # pause_agent LOG PID
             for _ in $(seq 400); do
                 m0=$(pause_metrics) || m0="0 0"
                 read -r d b _ <<<"$m0"
-                [ "$d" -ge 1 ] && [ "$b" -ge 1 ] && break
+                [ "$d" -ge 4 ] && [ "$b" -ge 1 ] && break
                 sleep 0.05
             done
             t0=$(date +%s%N)
@@ -249,7 +250,7 @@ pause_agent() { # pause_agent LOG PID
             m2=$(pause_metrics) || ok=0
             "$QMP" "$R/tmp/qmp-pause.sock" cont >/dev/null || ok=0
             read -r d b _ <<<"$m0"
-            { [ "$d" -ge 1 ] && [ "$b" -ge 1 ]; } || ok=0
+            { [ "$d" -ge 4 ] && [ "$b" -ge 1 ]; } || ok=0
             read -r d _ <<<"$m1"
             [ "$d" -ge 1 ] || ok=0
             [ "$(cut -d' ' -f3- <<<"$m1")" = "$(cut -d' ' -f3- <<<"$m2")" ] || ok=0

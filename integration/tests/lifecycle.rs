@@ -114,7 +114,9 @@ fn stop_and_cont_keep_every_object_and_answer_every_chain_once() {
     );
     let mut g = Guest::connect(d.socket(0), GuestOptions::default());
     let c = g.ctx_create();
-    let c2 = g.ctx_create();
+    // Of lower priority, so that its job never preempts the writer.
+    let (c2_status, c2) = g.ctx_create_status(VIRTIO_ACCEL_PRIORITY_LOW);
+    assert_status(c2_status, OK);
     let w = Writer::new(&mut g, c, 1, 512);
     let running = g.submit_async(&w.request(c, 1));
     // Queued behind the running job (its own context), and in another

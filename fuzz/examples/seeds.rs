@@ -256,6 +256,78 @@ fn ring_image(chains: &[(u16, Vec<u8>, u32)]) -> Vec<u8> {
     mem
 }
 
+/// Device states as a destination reads them, without the header the
+/// `state` target puts before the fuzzer's bytes.
+fn states() -> Vec<(&'static str, Vec<u8>)> {
+    use vhost_device_accel::state::*;
+    let copy = Program {
+        ops: vec![OpDesc::Copy {
+            src: TensorDesc::dense(0, DType::F32, 0, &[256]),
+            dst: TensorDesc::dense(1, DType::F32, 0, &[256]),
+        }],
+    };
+    let bo = |handle, at| BoState {
+        handle,
+        size: 4096,
+        flags: 0,
+        backing: Some(vec![(at, 4096)]),
+    };
+    let job = |token, out_fence, doomed| JobState {
+        token,
+        out_fence,
+        bos: vec![(1, VIRTIO_ACCEL_ACCESS_READ), (2, VIRTIO_ACCEL_ACCESS_WRITE)],
+        waits: vec![],
+        cmd: copy.encode(),
+        doomed,
+        ran: false,
+    };
+    let ctx = |id, lost| ContextState {
+        id,
+        priority: VIRTIO_ACCEL_PRIORITY_NORMAL,
+        next_bo: 3,
+        last_submitted: 3,
+        completed: 1,
+        lost,
+        bos: vec![bo(1, 0x10000), bo(2, 0x20000)],
+        jobs: vec![job(7, 2, None), job(8, 3, Some(VIRTIO_ACCEL_RESP_ERR_CANCELED))],
+    };
+    let answer = Response::Submit(RespSubmit {
+        hdr: Hdr::new(VIRTIO_ACCEL_RESP_OK, 1),
+        fence: 1.into(),
+        device_time_ns: 5.into(),
+    });
+    let state = |contexts| VmState {
+        npu_kind: VIRTIO_ACCEL_NPU_SIM,
+        cmd_format: VIRTIO_ACCEL_CMD_FORMAT_SNPU,
+        device: DeviceState {
+            features: 0b111,
+            next_ctx: 3,
+            contexts,
+            events: vec![EventState {
+                ctx: 2,
+                fence: 1,
+                reason: VIRTIO_ACCEL_LOST_HANG,
+            }],
+            answers: vec![AnswerState {
+                token: 6,
+                response: answer.encode(),
+            }],
+        },
+        rings: vec![],
+        parked: vec![],
+        next_token: 9,
+    };
+    let body = |s: VmState| s.encode().unwrap()[12..].to_vec();
+    vec![
+        ("empty", body(state(vec![]))),
+        ("one_context", body(state(vec![ctx(1, None)]))),
+        (
+            "lost_context",
+            body(state(vec![ctx(1, None), ctx(2, Some(VIRTIO_ACCEL_LOST_HANG))])),
+        ),
+    ]
+}
+
 fn main() {
     let dir = std::env::args()
         .nth(1)
@@ -307,4 +379,7 @@ fn main() {
     write(dir, "ring", "control_submit_event", &image);
     let image = ring_image(&[(0, enc("ctx_create"), 16), (1, enc("submit"), 32)]);
     write(dir, "ring", "ctx_and_submit", &image);
+    for (name, b) in states() {
+        write(dir, "state", name, &b);
+    }
 }

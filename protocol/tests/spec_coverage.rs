@@ -141,3 +141,21 @@ fn the_rules_the_device_enforces_are_stated() {
         assert!(s.contains(rule), "spec does not state: {rule}");
     }
 }
+
+#[test]
+fn the_lifecycle_section_states_each_event() {
+    let s = spec();
+    for needle in [
+        "## 9 Lifecycle",
+        "### 9.1 Stop and start",
+        "### 9.2 Reset and disconnect",
+        "### 9.3 Reconnect after a device restart",
+        "### 9.4 Saving and loading the device state",
+        "MUST NOT read or write the\n  virtqueues or the driver's memory",
+        "MUST NOT take a chain it had taken before",
+        "VIRTIO_ACCEL_LOST_RESET",
+        "MUST mark every page it writes",
+    ] {
+        assert!(s.contains(needle), "spec lacks {needle:?}");
+    }
+}

@@ -28,6 +28,7 @@ fn encode_op(op: &OpDesc) -> Op {
         ..Default::default()
     };
     raw.tensors = [unused; 4];
+    let mut flags = 0u16;
     let set = |raw: &mut Op, ts: &[Option<&TensorDesc>]| {
         for (s, t) in ts.iter().enumerate() {
             if let Some(t) = t {
@@ -87,8 +88,75 @@ fn encode_op(op: &OpDesc) -> Op {
             let p = [stride[0], stride[1], pad[0], pad[1], pad[2], pad[3], 0, 0];
             (SNPU_OP_CONV2D, p)
         }
+        OpDesc::Conv {
+            input,
+            filter,
+            bias,
+            out,
+            geom,
+            relu,
+        } => {
+            set(
+                &mut raw,
+                &[Some(input), Some(filter), bias.as_ref(), Some(out)],
+            );
+            if *relu {
+                flags = SNPU_CONV_F_RELU;
+            }
+            let (s, p, d) = (geom.stride, geom.pad, geom.dilation);
+            (
+                SNPU_OP_CONV,
+                [s[0], s[1], p[0], p[1], p[2], p[3], d[0], d[1]],
+            )
+        }
+        OpDesc::MaxPool { input, out, geom }
+        | OpDesc::AvgPool {
+            input, out, geom, ..
+        } => {
+            set(&mut raw, &[Some(input), Some(out)]);
+            let code = match op {
+                OpDesc::AvgPool { count_pad, .. } => {
+                    if *count_pad {
+                        flags = SNPU_POOL_F_COUNT_PAD;
+                    }
+                    SNPU_OP_AVGPOOL
+                }
+                _ => SNPU_OP_MAXPOOL,
+            };
+            let (k, s, p) = (geom.kernel, geom.stride, geom.pad);
+            (code, [k[0], k[1], s[0], s[1], p[0], p[1], p[2], p[3]])
+        }
+        OpDesc::Clip {
+            input,
+            out,
+            min,
+            max,
+        } => {
+            set(&mut raw, &[Some(input), Some(out)]);
+            (
+                SNPU_OP_CLIP,
+                [min.to_bits(), max.to_bits(), 0, 0, 0, 0, 0, 0],
+            )
+        }
+        OpDesc::Sigmoid { input, out } => {
+            set(&mut raw, &[Some(input), Some(out)]);
+            (SNPU_OP_SIGMOID, [0; 8])
+        }
+        OpDesc::Lrn {
+            input,
+            out,
+            size,
+            alpha,
+            beta,
+            bias,
+        } => {
+            set(&mut raw, &[Some(input), Some(out)]);
+            let p = [*size, alpha.to_bits(), beta.to_bits(), bias.to_bits()];
+            (SNPU_OP_LRN, [p[0], p[1], p[2], p[3], 0, 0, 0, 0])
+        }
     };
     raw.opcode = code.into();
+    raw.flags = flags.into();
     for (d, s) in raw.params.iter_mut().zip(params) {
         *d = s.into();
     }

@@ -36,8 +36,27 @@ pub const SNPU_OP_RELU: u16 = 4;
 pub const SNPU_OP_SOFTMAX: u16 = 5;
 pub const SNPU_OP_MATMUL: u16 = 6;
 pub const SNPU_OP_CONV2D: u16 = 7;
-/// Bitmask of supported opcodes, as reported in `RespCaps::ops`.
-pub const SNPU_OPS_ALL: u64 = (1 << 8) - 1;
+pub const SNPU_OP_CONV: u16 = 8;
+pub const SNPU_OP_MAXPOOL: u16 = 9;
+pub const SNPU_OP_AVGPOOL: u16 = 10;
+pub const SNPU_OP_CLIP: u16 = 11;
+pub const SNPU_OP_SIGMOID: u16 = 12;
+pub const SNPU_OP_LRN: u16 = 13;
+/// Bitmask of supported opcodes, as reported in `RespCaps::ops`: bit n is
+/// opcode n.
+pub const SNPU_OPS_ALL: u64 = (1 << 14) - 1;
+
+/// CONV flag: the output goes through max(·, 0).
+pub const SNPU_CONV_F_RELU: u16 = 1;
+/// AVGPOOL flag: padding positions count in the divisor.
+pub const SNPU_POOL_F_COUNT_PAD: u16 = 1;
+/// Largest element count of one block of CONV's patch matrix (unless one
+/// patch alone is larger): the patch matrix is built a block of output
+/// pixels at a time.
+pub const SNPU_CONV_PATCH_ELEMS: u64 = 1 << 20;
+/// Largest pooling window (KH·KW) and LRN size: the elements one output
+/// element reads, which one step of the software NPU computes whole.
+pub const SNPU_MAX_WINDOW: u64 = 1 << 18;
 
 pub const SNPU_DTYPE_F32: u8 = 1;
 pub const SNPU_DTYPE_I8: u8 = 2;
@@ -49,10 +68,11 @@ mod layout;
 mod op;
 mod tensor;
 mod validate;
+mod validate_nn;
 
 pub use error::CmdError;
 pub use layout::{CmdHdr, Op, Tensor};
-pub use op::{OpDesc, Quant};
+pub use op::{conv_block_cols, conv_patch_rows, ConvGeom, OpDesc, PoolGeom, Quant};
 pub use tensor::{DType, TensorDesc};
 pub use validate::parse;
 

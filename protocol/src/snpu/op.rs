@@ -2,7 +2,7 @@
 //! and its cost.
 
 use super::tensor::TensorDesc;
-use super::SNPU_SCRATCH_BYTES;
+use super::{SNPU_CONV_PATCH_ELEMS, SNPU_SCRATCH_BYTES};
 
 /// Requantization of an int8 matmul: `out = clamp(round(acc * scale) +
 /// out_zero, -128, 127)` where `acc = Σ (a - a_zero)(b - b_zero)`.
@@ -12,6 +12,39 @@ pub struct Quant {
     pub b_zero: i32,
     pub out_zero: i32,
     pub scale: f32,
+}
+
+/// Geometry of a CONV: per axis (height, width) stride and dilation, and
+/// padding top, left, bottom, right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub stride: [u32; 2],
+    pub pad: [u32; 4],
+    pub dilation: [u32; 2],
+}
+
+/// Geometry of a pooling window: kernel and stride per axis (height,
+/// width), padding top, left, bottom, right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGeom {
+    pub kernel: [u32; 2],
+    pub stride: [u32; 2],
+    pub pad: [u32; 4],
+}
+
+/// Columns (output pixels) of one block of CONV's patch matrix, whose rows
+/// are the `kg` = C/G·KH·KW elements of one patch: at most
+/// [`SNPU_CONV_PATCH_ELEMS`] elements a block, at least one column.
+pub fn conv_block_cols(kg: u64, pixels: u64) -> u64 {
+    pixels.min((SNPU_CONV_PATCH_ELEMS / kg.max(1)).max(1))
+}
+
+/// Rows of CONV's patch matrix: the `C/G · KH · KW` elements of a filter
+/// `[OC, C/G, KH, KW]`. Saturates.
+pub fn conv_patch_rows(filter: &TensorDesc) -> u64 {
+    filter.dims[1..]
+        .iter()
+        .fold(1u64, |a, &d| a.saturating_mul(u64::from(d)))
 }
 
 /// A validated operation.
@@ -57,6 +90,55 @@ pub enum OpDesc {
         /// top, left, bottom, right
         pad: [u32; 4],
     },
+    /// NCHW input, `[OC, C/G, KH, KW]` filter (G groups, implied by the
+    /// shapes), optional `[OC]` bias, `[N, OC, OH, OW]` output; the output
+    /// through max(·, 0) if `relu`.
+    Conv {
+        input: TensorDesc,
+        filter: TensorDesc,
+        bias: Option<TensorDesc>,
+        out: TensorDesc,
+        geom: ConvGeom,
+        relu: bool,
+    },
+    /// NCHW max over each window's elements inside the input.
+    MaxPool {
+        input: TensorDesc,
+        out: TensorDesc,
+        geom: PoolGeom,
+    },
+    /// NCHW mean over each window's elements inside the input, or, with
+    /// `count_pad`, their sum divided by the window's positions inside the
+    /// padded input.
+    AvgPool {
+        input: TensorDesc,
+        out: TensorDesc,
+        geom: PoolGeom,
+        count_pad: bool,
+    },
+    /// `min(max(x, min), max)`.
+    Clip {
+        input: TensorDesc,
+        out: TensorDesc,
+        min: f32,
+        max: f32,
+    },
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid {
+        input: TensorDesc,
+        out: TensorDesc,
+    },
+    /// NCHW local response normalization across channels:
+    /// `x / (bias + alpha / size · Σ x²)^beta`, the sum over channels
+    /// `c - (size-1)/2 ..= c + size/2` that exist.
+    Lrn {
+        input: TensorDesc,
+        out: TensorDesc,
+        size: u32,
+        alpha: f32,
+        beta: f32,
+        bias: f32,
+    },
 }
 
 impl OpDesc {
@@ -66,11 +148,22 @@ impl OpDesc {
             OpDesc::Nop => (vec![], None),
             OpDesc::Copy { src, dst } => (vec![src], Some(dst)),
             OpDesc::Add { a, b, out } | OpDesc::Mul { a, b, out } => (vec![a, b], Some(out)),
-            OpDesc::Relu { input, out } | OpDesc::Softmax { input, out } => {
-                (vec![input], Some(out))
-            }
+            OpDesc::Relu { input, out }
+            | OpDesc::Softmax { input, out }
+            | OpDesc::MaxPool { input, out, .. }
+            | OpDesc::AvgPool { input, out, .. }
+            | OpDesc::Clip { input, out, .. }
+            | OpDesc::Sigmoid { input, out }
+            | OpDesc::Lrn { input, out, .. } => (vec![input], Some(out)),
             OpDesc::MatMul { a, b, out, .. } => (vec![a, b], Some(out)),
             OpDesc::Conv2d {
+                input,
+                filter,
+                bias,
+                out,
+                ..
+            }
+            | OpDesc::Conv {
                 input,
                 filter,
                 bias,
@@ -134,6 +227,27 @@ impl OpDesc {
                     f(bias.map_or(0, |b| b.elems())),
                 ])
             }
+            OpDesc::Conv {
+                input,
+                filter,
+                bias,
+                out,
+                ..
+            } => {
+                let kg = conv_patch_rows(filter);
+                let pixels = u64::from(out.dims[2]).saturating_mul(u64::from(out.dims[3]));
+                sum(&[
+                    f(input.elems()),
+                    f(filter.elems()),
+                    f(bias.map_or(0, |b| b.elems())),
+                    f(out.elems()),
+                    f(kg.saturating_mul(conv_block_cols(kg, pixels))),
+                ])
+            }
+            OpDesc::MaxPool { input, out, .. }
+            | OpDesc::AvgPool { input, out, .. }
+            | OpDesc::Lrn { input, out, .. } => sum(&[f(input.elems()), f(out.elems())]),
+            OpDesc::Clip { input, .. } | OpDesc::Sigmoid { input, .. } => f(input.elems()),
         };
         arrays.saturating_add(SNPU_SCRATCH_BYTES)
     }
@@ -141,7 +255,9 @@ impl OpDesc {
 
 impl OpDesc {
     /// The op's work: elements of its tensors plus its multiply-accumulates
-    /// (MATMUL M·K·N, CONV2D N·OH·OW·OC·KH·KW·C). Saturates.
+    /// (MATMUL M·K·N, CONV2D N·OH·OW·OC·KH·KW·C, CONV E(out)·C/G·KH·KW),
+    /// and the window visits of pooling (E(out)·KH·KW) and LRN
+    /// (E(out)·size). Saturates.
     pub fn cost(&self) -> u64 {
         let (ins, out) = self.tensors();
         let elems = ins
@@ -157,6 +273,12 @@ impl OpDesc {
                 .saturating_mul(u64::from(filter.dims[0]))
                 .saturating_mul(u64::from(filter.dims[1]))
                 .saturating_mul(u64::from(filter.dims[2])),
+            OpDesc::Conv { filter, out, .. } => out.elems().saturating_mul(conv_patch_rows(filter)),
+            OpDesc::MaxPool { out, geom, .. } | OpDesc::AvgPool { out, geom, .. } => out
+                .elems()
+                .saturating_mul(u64::from(geom.kernel[0]))
+                .saturating_mul(u64::from(geom.kernel[1])),
+            OpDesc::Lrn { out, size, .. } => out.elems().saturating_mul(u64::from(*size)),
             _ => 0,
         };
         elems.saturating_add(macs)

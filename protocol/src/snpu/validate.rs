@@ -53,7 +53,7 @@ fn tensor(op: usize, slot: usize, t: &Tensor) -> Result<Option<TensorDesc>, CmdE
     Ok(Some(d))
 }
 
-fn shape(op: usize, ok: bool, why: &'static str) -> Result<(), CmdError> {
+pub(super) fn shape(op: usize, ok: bool, why: &'static str) -> Result<(), CmdError> {
     if ok {
         Ok(())
     } else {
@@ -61,7 +61,7 @@ fn shape(op: usize, ok: bool, why: &'static str) -> Result<(), CmdError> {
     }
 }
 
-fn out_dense(op: usize, slot: usize, t: &TensorDesc) -> Result<(), CmdError> {
+pub(super) fn out_dense(op: usize, slot: usize, t: &TensorDesc) -> Result<(), CmdError> {
     if t.is_dense() {
         Ok(())
     } else {
@@ -116,7 +116,15 @@ pub fn parse(bytes: &[u8]) -> Result<Program, CmdError> {
 }
 
 fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
-    if raw.flags.get() != 0 || raw.padding.get() != 0 {
+    let opcode = raw.opcode.get();
+    // The flags an opcode defines; every other bit is reserved.
+    let flags_ok = match opcode {
+        SNPU_OP_CONV => SNPU_CONV_F_RELU,
+        SNPU_OP_AVGPOOL => SNPU_POOL_F_COUNT_PAD,
+        _ => 0,
+    };
+    let flags = raw.flags.get();
+    if flags & !flags_ok != 0 || raw.padding.get() != 0 {
         return Err(CmdError::Reserved {
             op: i,
             field: "op flags/padding",
@@ -129,7 +137,6 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
         .map(|(s, t)| tensor(i, s, t))
         .collect::<Result<_, _>>()?;
     let p: [u32; 8] = raw.params.map(|v| v.get());
-    let opcode = raw.opcode.get();
     // Which slots an op uses, and how many params.
     let (need, opt, nparams): (usize, usize, usize) = match opcode {
         SNPU_OP_NOP => (0, 0, 0),
@@ -137,6 +144,11 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
         SNPU_OP_ADD | SNPU_OP_MUL => (3, 0, 0),
         SNPU_OP_MATMUL => (3, 0, 4),
         SNPU_OP_CONV2D => (4, 1, 6),
+        SNPU_OP_CONV => (4, 1, 8),
+        SNPU_OP_MAXPOOL | SNPU_OP_AVGPOOL => (2, 0, 8),
+        SNPU_OP_CLIP => (2, 0, 2),
+        SNPU_OP_SIGMOID => (2, 0, 0),
+        SNPU_OP_LRN => (2, 0, 4),
         _ => return Err(CmdError::Opcode { op: i, opcode }),
     };
     for (s, slot) in t.iter().enumerate() {
@@ -361,6 +373,14 @@ fn parse_op(i: usize, raw: &Op) -> Result<OpDesc, CmdError> {
                 stride,
                 pad,
             }
+        }
+        SNPU_OP_CONV => {
+            let bias = t.get(2).copied().flatten();
+            validate_nn::conv(i, [g(0)?, g(1)?, g(3)?], bias, p, flags)?
+        }
+        SNPU_OP_MAXPOOL | SNPU_OP_AVGPOOL => validate_nn::pool(i, opcode, g(0)?, g(1)?, p, flags)?,
+        SNPU_OP_CLIP | SNPU_OP_SIGMOID | SNPU_OP_LRN => {
+            validate_nn::unary(i, opcode, g(0)?, g(1)?, p)?
         }
         _ => return Err(CmdError::Opcode { op: i, opcode }),
     })

@@ -2,5 +2,6 @@
 //! and the reference workloads the tools and tests run.
 
 pub mod accel;
+pub mod model;
 pub mod uapi;
 pub mod workloads;

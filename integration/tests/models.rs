@@ -6,7 +6,9 @@ use std::path::Path;
 
 use vhost_device_accel::Config;
 use virtio_accel_guest::model::Loaded;
-use virtio_accel_integration::model::{max_error, models_dir, read_npy_f32, HarnessNpu};
+use virtio_accel_integration::model::{
+    max_error, models_dir, read_npy_f32, read_npy_i64, HarnessNpu,
+};
 use virtio_accel_integration::*;
 
 /// Guest memory for the largest model here (ResNet-50's 100 MB of
@@ -67,4 +69,68 @@ fn squeezenet_light_matches_onnx_runtime() {
     let Some(dir) = models_dir() else { return };
     check(&dir, "squeezenet");
     check(&dir, "squeezenet_random");
+}
+
+#[test]
+fn resnet50_light_matches_onnx_runtime() {
+    let Some(dir) = models_dir() else { return };
+    check(&dir, "resnet50");
+    check(&dir, "resnet50_random");
+}
+
+#[test]
+fn other_light_models_match_onnx_runtime() {
+    let Some(dir) = models_dir() else { return };
+    for name in [
+        "shufflenet",
+        "shufflenet_random",
+        "densenet121",
+        "densenet121_random",
+        "inception_v1",
+        "inception_v1_random",
+        "bvlc_alexnet",
+    ] {
+        check(&dir, name);
+    }
+}
+
+#[test]
+fn trained_digits_classifier_is_as_accurate_as_onnx_runtime() {
+    let Some(dir) = models_dir() else { return };
+    // Class probabilities within tolerance...
+    check(&dir, "digits");
+    // ...and the held-out accuracy exactly ONNX Runtime's.
+    let d = Daemon::start(config(), 1);
+    let mut g = guest(&d);
+    let mut npu = HarnessNpu::new(&mut g);
+    let model = std::fs::read(dir.join("digits.onnx")).unwrap();
+    let (dims, x) = read_npy_f32(&dir.join("digits.input.npy"));
+    let labels = read_npy_i64(&dir.join("digits.labels.npy"));
+    let ort = read_npy_i64(&dir.join("digits.ort_labels.npy"));
+    let m = Loaded::new(&mut npu, &model, Some(&[dims])).unwrap();
+    let (outs, _) = m.run(&mut npu, &[&x]).unwrap();
+    let classes = outs[0].dims[1];
+    let predicted: Vec<i64> = outs[0]
+        .values
+        .chunks(classes)
+        .map(|p| {
+            let best = p
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, v)| if *v > p[b] { i } else { b });
+            best as i64
+        })
+        .collect();
+    let correct = |pred: &[i64]| pred.iter().zip(&labels).filter(|(a, b)| a == b).count();
+    let (npu_ok, ort_ok) = (correct(&predicted), correct(&ort));
+    eprintln!(
+        "digits: held-out accuracy {npu_ok}/{n} on the NPU, {ort_ok}/{n} with ONNX Runtime",
+        n = labels.len()
+    );
+    assert_eq!(npu_ok, ort_ok);
+    assert_eq!(predicted, ort, "the same prediction for every sample");
+    assert!(
+        npu_ok * 10 > labels.len() * 9,
+        "a trained model, not chance"
+    );
 }

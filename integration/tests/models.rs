@@ -25,11 +25,12 @@ fn guest(d: &Daemon) -> Guest {
 }
 
 fn config() -> Config {
-    let mut c = Config::default();
     // Tests build without optimizations; a segment of the big models may
     // take seconds there.
-    c.job_timeout_ms = 120_000;
-    c
+    Config {
+        job_timeout_ms: 120_000,
+        ..Config::default()
+    }
 }
 
 /// Runs model `name` on its input; every output within 1e-4 of ONNX
@@ -133,4 +134,39 @@ fn trained_digits_classifier_is_as_accurate_as_onnx_runtime() {
         npu_ok * 10 > labels.len() * 9,
         "a trained model, not chance"
     );
+}
+
+#[test]
+fn accel_run_model_prints_top_outputs_time_and_agreement() {
+    let Some(dir) = models_dir() else { return };
+    use virtio_accel_guest::model::cli;
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let args: Vec<String> = [
+        "--model",
+        &p("squeezenet_random.onnx"),
+        "--input",
+        &p("squeezenet_random.input.npy"),
+        "--expect",
+        &p("squeezenet_random.output.npy"),
+        "--runs",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let opts = cli::Opts::parse(&args).unwrap();
+    let d = Daemon::start(config(), 1);
+    let mut g = guest(&d);
+    let mut npu = HarnessNpu::new(&mut g);
+    let mut out = Vec::new();
+    let ok = cli::run(&mut npu, &opts, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    eprintln!("{text}");
+    assert!(ok, "{text}");
+    assert!(text.contains("top 5:") && text.contains("ms per inference"));
+    assert!(text.contains("of its range: PASS"));
+    // The same run against another model's output fails.
+    let mut wrong = opts.clone();
+    wrong.expect = Some(p("resnet50_random.output.npy"));
+    assert!(!cli::run(&mut npu, &wrong, &mut Vec::new()).unwrap());
 }

@@ -1,6 +1,11 @@
 //! Runs the reference workloads (MLP, int8 matmul, conv2d) through the
 //! accel node and checks each output against the CPU reference. Also checks
 //! that the kernel refuses malformed submits. Exits non-zero on any failure.
+//!
+//! `accel-run --model PATH [--input FILE.npy] [--expect FILE.npy]
+//! [--runs N] [DEVICE]` runs an ONNX model instead: prints its top outputs
+//! and the time per inference, and with `--expect` compares the first
+//! output with a reference (within 1e-4 of the reference's range).
 
 use std::process::ExitCode;
 
@@ -132,6 +137,15 @@ fn hang(dev: &Accel) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--model") {
+        return match model::main(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("accel-run: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let hang_mode = args.first().is_some_and(|a| a == "--hang");
     if hang_mode {
         args.remove(0);
@@ -181,5 +195,23 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+mod model {
+    use std::process::ExitCode;
+
+    use virtio_accel_guest::accel::Accel;
+    use virtio_accel_guest::model::cli;
+
+    pub fn main(args: &[String]) -> Result<ExitCode, String> {
+        let opts = cli::Opts::parse(args)?;
+        let mut npu = Accel::open(&opts.device).map_err(|e| format!("{}: {e}", opts.device))?;
+        let ok = cli::run(&mut npu, &opts, &mut std::io::stdout())?;
+        Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     }
 }

@@ -3,6 +3,7 @@
 //! the graph to SNPU programs, [`runner`] uploads the weights once and
 //! runs the programs through any [`Device`].
 
+pub mod cli;
 pub mod device;
 pub mod lower;
 pub mod onnx;

@@ -18,7 +18,18 @@ fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
 fn programs() -> Vec<(&'static str, Program, Vec<(u16, u8)>)> {
     let f = DType::F32;
     let t = |bo, dims: &[u32]| TensorDesc::dense(bo, f, 0, dims);
-    let rw = |n: u16| (n - 1, 3u8);
+    // The target reads access as `a % 3 + 1`: 2 is read and write.
+    let rw = |n: u16| (n - 1, 2u8);
+    let g = |stride: u32, pad: u32, dilation: u32| ConvGeom {
+        stride: [stride; 2],
+        pad: [pad; 4],
+        dilation: [dilation; 2],
+    };
+    let pg = |k: u32, s: u32, pad: [u32; 4]| PoolGeom {
+        kernel: [k; 2],
+        stride: [s; 2],
+        pad,
+    };
     vec![
         (
             "nop",
@@ -100,6 +111,95 @@ fn programs() -> Vec<(&'static str, Program, Vec<(u16, u8)>)> {
                 }],
             },
             vec![rw(200), rw(216), rw(12), rw(108)],
+        ),
+        (
+            "conv_grouped_dilated",
+            Program {
+                ops: vec![OpDesc::Conv {
+                    input: t(0, &[1, 4, 9, 9]),
+                    filter: t(1, &[6, 2, 3, 3]),
+                    bias: Some(t(2, &[6])),
+                    out: t(3, &[1, 6, 4, 4]),
+                    geom: g(2, 1, 2),
+                    relu: true,
+                }],
+            },
+            vec![rw(1296), rw(432), rw(24), rw(384)],
+        ),
+        (
+            "conv_depthwise_pointwise",
+            Program {
+                ops: vec![
+                    OpDesc::Conv {
+                        input: t(0, &[1, 4, 6, 6]),
+                        filter: t(1, &[4, 1, 3, 3]),
+                        bias: None,
+                        out: t(2, &[1, 4, 6, 6]),
+                        geom: g(1, 1, 1),
+                        relu: false,
+                    },
+                    OpDesc::Conv {
+                        input: t(2, &[1, 4, 6, 6]),
+                        filter: t(1, &[2, 4, 1, 1]),
+                        bias: None,
+                        out: t(3, &[1, 2, 6, 6]),
+                        geom: g(1, 0, 1),
+                        relu: true,
+                    },
+                ],
+            },
+            vec![rw(576), rw(144), rw(576), rw(288)],
+        ),
+        (
+            "pools",
+            Program {
+                ops: vec![
+                    OpDesc::MaxPool {
+                        input: t(0, &[1, 2, 8, 8]),
+                        out: t(1, &[1, 2, 4, 4]),
+                        geom: pg(3, 2, [0; 4]),
+                    },
+                    OpDesc::AvgPool {
+                        input: t(0, &[1, 2, 8, 8]),
+                        out: t(2, &[1, 2, 5, 5]),
+                        geom: pg(2, 2, [1; 4]),
+                        count_pad: true,
+                    },
+                    OpDesc::AvgPool {
+                        input: t(1, &[1, 2, 4, 4]),
+                        out: t(3, &[1, 2, 1, 1]),
+                        geom: pg(4, 1, [0; 4]),
+                        count_pad: false,
+                    },
+                ],
+            },
+            vec![rw(512), rw(128), rw(200), rw(8)],
+        ),
+        (
+            "clip_sigmoid_lrn",
+            Program {
+                ops: vec![
+                    OpDesc::Clip {
+                        input: t(0, &[1, 5, 3, 3]),
+                        out: t(1, &[1, 5, 3, 3]),
+                        min: 0.0,
+                        max: 6.0,
+                    },
+                    OpDesc::Sigmoid {
+                        input: t(1, &[1, 5, 3, 3]),
+                        out: t(1, &[1, 5, 3, 3]),
+                    },
+                    OpDesc::Lrn {
+                        input: t(1, &[1, 5, 3, 3]),
+                        out: t(2, &[1, 5, 3, 3]),
+                        size: 3,
+                        alpha: 1e-2,
+                        beta: 0.75,
+                        bias: 1.0,
+                    },
+                ],
+            },
+            vec![rw(180), rw(180), rw(180)],
         ),
     ]
 }

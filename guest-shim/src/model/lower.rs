@@ -36,9 +36,9 @@ pub(super) struct Val {
 }
 
 pub(super) fn dense_strides(dims: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; dims.len()];
+    let mut s = vec![1usize; dims.len()];
     for i in (0..dims.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * dims[i + 1];
+        s[i] = s[i + 1].saturating_mul(dims[i + 1]);
     }
     s
 }
@@ -200,7 +200,11 @@ impl<'g> Lower<'g> {
     /// A new dense arena tensor.
     pub fn alloc(&mut self, dims: Vec<usize>) -> Val {
         self.bufs.push(BufInfo {
-            bytes: (elems(&dims) as u64 * 4).next_multiple_of(ALIGN).max(ALIGN),
+            bytes: (elems(&dims) as u64)
+                .saturating_mul(4)
+                .saturating_add(ALIGN - 1)
+                / ALIGN
+                * ALIGN,
             def: usize::MAX,
             last: 0,
         });
@@ -461,18 +465,18 @@ fn finish(mut l: Lower<'_>, inputs: Vec<(String, Val)>) -> Result<Compiled, Mode
                 let other = l.bufs[*o];
                 other.def <= me.last && me.def <= other.last
             })
-            .map(|&(o, at)| (at, at + l.bufs[o].bytes))
+            .map(|&(o, at)| (at, at.saturating_add(l.bufs[o].bytes)))
             .collect();
         busy.sort_unstable();
         let mut at = 0u64;
         for (s, e) in busy {
-            if at + me.bytes <= s {
+            if at.saturating_add(me.bytes) <= s {
                 break;
             }
             at = at.max(e);
         }
         offset[b] = at;
-        arena = arena.max(at + me.bytes);
+        arena = arena.max(at.saturating_add(me.bytes));
         placed.push((b, at));
     }
     let mut ops_used = 0u64;

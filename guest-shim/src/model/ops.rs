@@ -308,14 +308,20 @@ fn matmul(l: &mut Lower<'_>, a: &Val, b: &Val, y: &Val) -> Result<(), ModelError
     let budget = l.limits.max_job_memory.saturating_sub(SNPU_SCRATCH_BYTES) / 4;
     let (m64, n64) = (m as u64, n as u64);
     // Elements of one MATMUL with K panels of kb, and of the ADD after it.
-    let fits = |kb: u64| m64 * kb + kb * n64 + m64 * n64 <= budget;
-    if 3 * m64 * n64 > budget || !fits(1) {
+    let fits = |kb: u64| {
+        m64.saturating_mul(kb)
+            .saturating_add(kb.saturating_mul(n64))
+            .saturating_add(m64.saturating_mul(n64))
+            <= budget
+    };
+    if m64.saturating_mul(n64).saturating_mul(3) > budget || !fits(1) {
         return Err(l.err(format!(
             "a {m}×{k} by {k}×{n} matmul exceeds the job memory"
         )));
     }
     let mut kb = k as u64;
     while !fits(kb) || kb * n64 > 1 << 26 || m64 * kb > 1 << 26 {
+        // m, n ≤ budget here, so kb · n and m · kb cannot overflow.
         kb = kb.div_ceil(2);
     }
     let kb = kb as usize;
@@ -462,7 +468,13 @@ fn pads_for(
             let mut p = [0u32; 4];
             for i in 0..2 {
                 let o = ext[i].div_ceil(s[i]);
-                let need = ((o - 1) * s[i] + (k[i] - 1) * d[i] + 1).saturating_sub(ext[i]) as u32;
+                let need = o
+                    .saturating_sub(1)
+                    .saturating_mul(s[i])
+                    .saturating_add(k[i].saturating_sub(1).saturating_mul(d[i]))
+                    .saturating_add(1)
+                    .saturating_sub(ext[i])
+                    .min(u32::MAX as usize) as u32;
                 let (lo, hi) = if auto == "SAME_UPPER" {
                     (need / 2, need - need / 2)
                 } else {
@@ -500,8 +512,11 @@ fn conv(l: &mut Lower<'_>, node: &Node) -> Result<(), ModelError> {
     }
     let [n, c, h, wd] = [x.dims[0], x.dims[1], x.dims[2], x.dims[3]];
     let [oc, cg, kh, kw] = [w.dims[0], w.dims[1], w.dims[2], w.dims[3]];
+    if [n, c, h, wd, oc, cg, kh, kw].contains(&0) {
+        return Err(l.err("an empty convolution"));
+    }
     let group = node.int("group", 1).max(1) as usize;
-    if cg * group != c || oc % group != 0 {
+    if cg.checked_mul(group) != Some(c) || oc % group != 0 {
         return Err(l.err(format!(
             "group {group} with {c} input and {oc} output channels"
         )));
@@ -509,8 +524,10 @@ fn conv(l: &mut Lower<'_>, node: &Node) -> Result<(), ModelError> {
     let s = pair(node, "strides", 1)?;
     let d = pair(node, "dilations", 1)?;
     let pad = pads_for(node, [h, wd], [kh, kw], s, d)?;
-    let oh = (h + pad[0] as usize + pad[2] as usize).checked_sub(d[0] * (kh - 1) + 1);
-    let ow = (wd + pad[1] as usize + pad[3] as usize).checked_sub(d[1] * (kw - 1) + 1);
+    let reach = |k: usize, d: usize| d.saturating_mul(k - 1).saturating_add(1);
+    let span = |e: usize, a: u32, b: u32| e.saturating_add(a as usize).saturating_add(b as usize);
+    let oh = span(h, pad[0], pad[2]).checked_sub(reach(kh, d[0]));
+    let ow = span(wd, pad[1], pad[3]).checked_sub(reach(kw, d[1]));
     let (Some(oh), Some(ow)) = (oh, ow) else {
         return Err(l.err("filter larger than the padded input"));
     };
@@ -606,7 +623,9 @@ fn pool(l: &mut Lower<'_>, node: &Node) -> Result<(), ModelError> {
         )
     };
     let extent = |i: usize, ext: usize| -> Result<usize, ModelError> {
-        let span = ext + pad[i] as usize + pad[i + 2] as usize;
+        let span = ext
+            .saturating_add(pad[i] as usize)
+            .saturating_add(pad[i + 2] as usize);
         let room = span
             .checked_sub(k[i])
             .ok_or_else(|| l.err("kernel larger than the input"))?;
@@ -616,7 +635,7 @@ fn pool(l: &mut Lower<'_>, node: &Node) -> Result<(), ModelError> {
             room / s[i] + 1
         };
         // The last window must start inside the input or its top padding.
-        if ceil && (o - 1) * s[i] >= ext + pad[i] as usize {
+        if ceil && (o - 1).saturating_mul(s[i]) >= ext.saturating_add(pad[i] as usize) {
             o -= 1;
         }
         Ok(o)
@@ -664,12 +683,12 @@ fn concat(l: &mut Lower<'_>, node: &Node) -> Result<(), ModelError> {
         if !same {
             return Err(l.err(format!("concat of {:?} and {:?}", first.dims, p.dims)));
         }
-        dims[ax] += p.dims[ax];
+        dims[ax] = dims[ax].saturating_add(p.dims[ax]);
     }
     let y = l.alloc(dims.clone());
     let outer = elems(&dims[..ax]);
     let inner = elems(&dims[ax + 1..]);
-    if outer * parts.len() > 512 {
+    if outer.saturating_mul(parts.len()) > 512 {
         return Err(l.err("concat of too many blocks"));
     }
     let mut at = 0usize;

@@ -14,9 +14,14 @@ pub fn unsupported(node: &Node, why: impl Into<String>) -> ModelError {
     }
 }
 
+/// Elements of a tensor of `dims`, saturating (a model's dims are not
+/// trusted; sizes that large are refused later).
 pub fn elems(dims: &[usize]) -> usize {
-    dims.iter().product()
+    dims.iter().fold(1usize, |a, &d| a.saturating_mul(d))
 }
+
+/// The most elements a constant made at load time may have.
+pub const MAX_CONST_ELEMS: usize = 1 << 28;
 
 /// An ONNX axis (negative counts from the end) within `rank` (`rank + 1`
 /// positions when `insert`).
@@ -163,6 +168,9 @@ pub fn fold(node: &Node, ins: &[Option<&Const>], opset: i64) -> Result<Option<Co
             let Some(shape) = c0 else { return Ok(None) };
             let dims: Vec<usize> = shape.ints().iter().map(|&d| d.max(0) as usize).collect();
             let n = elems(&dims);
+            if n > MAX_CONST_ELEMS {
+                return Err(unsupported(node, format!("a constant of {dims:?}")));
+            }
             match node.attrs.get("value") {
                 Some(Attr::Tensor(t)) => match &t.data {
                     Data::F32(v) => Const::f32(dims, vec![v.first().copied().unwrap_or(0.0); n]),

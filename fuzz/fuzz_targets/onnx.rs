@@ -30,10 +30,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(c) = compile(&g, &dims, limits) else {
         return;
     };
-    let bos = [
-        ((c.weights.len() as u64).max(64), R),
-        (c.arena_bytes, R | W),
-    ];
+    let mut bos = vec![(c.arena_bytes, R | W)];
+    bos.extend(c.weights.iter().map(|w| ((w.len() as u64).max(64), R)));
     for seg in &c.segments {
         let bytes = seg.encode();
         assert!(bytes.len() as u64 <= limits.max_cmd_size);

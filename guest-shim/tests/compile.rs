@@ -98,7 +98,8 @@ fn an_opcode_the_device_lacks_is_refused_before_anything_runs() {
 fn the_compiled_model_fuses_relu_and_validates() {
     let c = compile(&model("Relu"), &[vec![1, 2, 4, 4]], limits(SNPU_OPS_ALL)).unwrap();
     assert_eq!(c.op_count(), 1, "Relu folded into the Conv");
-    let bos = [((c.weights.len() as u64).max(64), 1), (c.arena_bytes, 3)];
+    let mut bos = vec![(c.arena_bytes, 3)];
+    bos.extend(c.weights.iter().map(|w| ((w.len() as u64).max(64), 1)));
     for seg in &c.segments {
         let p = parse(&seg.encode()).unwrap();
         p.check_bounds(&bos).unwrap();
@@ -110,4 +111,55 @@ fn the_compiled_model_fuses_relu_and_validates() {
 fn input_dims_the_model_fixes_are_enforced() {
     let e = compile(&model("Relu"), &[vec![1, 2, 5, 4]], limits(SNPU_OPS_ALL)).unwrap_err();
     assert!(matches!(e, ModelError::Input(_)), "{e}");
+}
+
+#[test]
+fn weights_above_the_buffer_limit_go_to_several_buffers() {
+    // x [1,2,1,1] → Conv (w1) → Conv (w2): two constants of 16 bytes,
+    // buffers of at most 128 bytes: each constant takes 64 (aligned), so
+    // the second opens a second weights buffer.
+    let w = |name: &str| pb::TensorProto {
+        name: Some(name.into()),
+        dims: vec![2, 2, 1, 1],
+        data_type: Some(1),
+        float_data: vec![0.25; 4],
+        ..Default::default()
+    };
+    let m = pb::ModelProto {
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        graph: Some(pb::GraphProto {
+            node: vec![
+                node("Conv", "c1", &["x", "w1"], "c"),
+                node("Conv", "c2", &["c", "w2"], "y"),
+            ],
+            initializer: vec![w("w1"), w("w2")],
+            input: vec![value("x", &[1, 2, 1, 1])],
+            output: vec![value("y", &[])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let g = Graph::parse(&m.encode_to_vec()).unwrap();
+    let mut l = limits(SNPU_OPS_ALL);
+    l.max_bo_size = 128;
+    let c = compile(&g, &[vec![1, 2, 1, 1]], l).unwrap();
+    assert_eq!(c.weights.len(), 2, "two weights buffers");
+    assert!(c.weights.iter().all(|w| w.len() <= 128));
+    let mut bos = vec![(c.arena_bytes, 3)];
+    bos.extend(c.weights.iter().map(|w| ((w.len() as u64).max(64), 1)));
+    let p = parse(&c.segments[0].encode()).unwrap();
+    p.check_bounds(&bos).unwrap();
+    let (ins, _) = p.ops[1].tensors();
+    assert_eq!(
+        ins[1].bo_index, 2,
+        "the second filter in the second weights buffer"
+    );
+    l.max_bo_size = 64;
+    assert!(matches!(
+        compile(&g, &[vec![1, 2, 1, 1]], l),
+        Err(ModelError::Capacity(_))
+    ));
 }

@@ -21,48 +21,51 @@ use virtio_accel_integration::model::{max_error, models_dir, read_npy_f32, Harne
 use virtio_accel_integration::{Daemon, Guest, GuestOptions};
 use vm_memory::GuestAddress;
 
-/// The compiled model's two buffers in this process's memory.
+/// The compiled model's buffers (arena, then weights) in this process's
+/// memory.
 struct InProcess {
     mem: GuestMem,
-    weights: Backing,
-    arena: Backing,
+    bufs: Vec<Backing>,
 }
 
 impl InProcess {
     fn new(c: &Compiled) -> InProcess {
-        let w = (c.weights.len() as u64).max(64).next_multiple_of(4096);
-        let a = c.arena_bytes.next_multiple_of(4096);
-        let mem = GuestMem::from_ranges(&[(GuestAddress(0), (w + a) as usize)]).unwrap();
-        let weights = Backing::new(vec![(0, w as u32)]);
-        let arena = Backing::new(vec![(w, a as u32)]);
+        let mut sizes = vec![c.arena_bytes];
+        sizes.extend(c.weights.iter().map(|w| (w.len() as u64).max(64)));
+        let total: u64 = sizes.iter().map(|s| s.next_multiple_of(4096)).sum();
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), total as usize)]).unwrap();
+        let mut at = 0;
+        let bufs: Vec<Backing> = sizes
+            .iter()
+            .map(|&s| {
+                let b = Backing::new(vec![(at, s as u32)]);
+                at += s.next_multiple_of(4096);
+                b
+            })
+            .collect();
         let stats = MemStats::default();
-        weights
-            .resolve(&mem, &stats)
-            .unwrap()
-            .write(0, &c.weights)
-            .unwrap();
-        InProcess {
-            mem,
-            weights,
-            arena,
+        for (b, w) in bufs[1..].iter().zip(&c.weights) {
+            b.resolve(&mem, &stats).unwrap().write(0, w).unwrap();
         }
+        InProcess { mem, bufs }
     }
 
     /// One inference: the input written, every segment run, the first
     /// output read.
     fn run(&self, c: &Compiled, x: &[u8]) -> Vec<f32> {
         let stats = MemStats::default();
-        let bos = [
-            self.weights.resolve(&self.mem, &stats).unwrap(),
-            self.arena.resolve(&self.mem, &stats).unwrap(),
-        ];
-        bos[1].write(c.inputs[0].offset.unwrap(), x).unwrap();
+        let bos: Vec<_> = self
+            .bufs
+            .iter()
+            .map(|b| b.resolve(&self.mem, &stats).unwrap())
+            .collect();
+        bos[0].write(c.inputs[0].offset.unwrap(), x).unwrap();
         for seg in &c.segments {
             SimNpu::run_program(seg, &bos, Tile::SLICED).unwrap();
         }
         let o = &c.outputs[0];
         let mut b = vec![0u8; o.dims.iter().product::<usize>() * 4];
-        bos[1].read(o.offset.unwrap(), &mut b).unwrap();
+        bos[0].read(o.offset.unwrap(), &mut b).unwrap();
         b.chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()

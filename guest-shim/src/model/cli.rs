@@ -103,7 +103,7 @@ pub fn run<D: Device>(dev: &mut D, opts: &Opts, out: &mut dyn Write) -> Result<b
         "accel-run: {path}: {} SNPU ops in {} jobs, weights {} KiB, activations {} KiB",
         c.op_count(),
         c.segments.len(),
-        c.weights.len() / 1024,
+        c.weights.iter().map(Vec::len).sum::<usize>() / 1024,
         c.arena_bytes / 1024
     )
     .map_err(w)?;

@@ -15,21 +15,21 @@ use super::onnx::{Const, Graph};
 use super::shape::{elems, fold, unsupported};
 use super::ModelError;
 
-/// Index of the weights buffer in every job's buffer list.
-pub const WEIGHTS_BO: u32 = 0;
-/// Index of the activation arena.
-pub const ARENA_BO: u32 = 1;
+/// Index of the activation arena in every job's buffer list; the weights
+/// buffers follow it (buffer 1 + k holds weights chunk k).
+pub const ARENA_BO: u32 = 0;
 /// Work ([`Program::cost`]: elements touched plus multiply-accumulates)
 /// after which a segment ends: a few hundred milliseconds of the software
 /// NPU, well inside a job timeout.
 pub const SEGMENT_COST: u64 = 1 << 31;
 const ALIGN: u64 = 64;
 
-/// A tensor of the graph in NPU memory: in the weights (`buf` None) or in
-/// an arena buffer, `off` bytes in, with element strides.
+/// A tensor of the graph in NPU memory: in weights chunk `wbo` (`buf`
+/// None) or in an arena buffer, `off` bytes in, with element strides.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Val {
     pub buf: Option<usize>,
+    pub wbo: u32,
     pub off: u64,
     pub dims: Vec<usize>,
     pub strides: Vec<usize>,
@@ -58,6 +58,7 @@ impl Val {
     pub fn view(&self, dims: Vec<usize>) -> Val {
         Val {
             buf: self.buf,
+            wbo: self.wbo,
             off: self.off,
             strides: dense_strides(&dims),
             dims,
@@ -79,11 +80,12 @@ pub struct Binding {
 /// A compiled model.
 #[derive(Debug, Clone)]
 pub struct Compiled {
-    /// The weights buffer's contents (f32, little-endian).
-    pub weights: Vec<u8>,
+    /// The weights buffers' contents (f32, little-endian), each at most
+    /// `max_bo_size`.
+    pub weights: Vec<Vec<u8>>,
     pub arena_bytes: u64,
-    /// Jobs, in order; each names buffer 0 (weights, read) and 1 (arena,
-    /// read and write).
+    /// Jobs, in order; each names buffer 0 (the arena, read and write) and
+    /// 1 + k (weights chunk k, read).
     pub segments: Vec<Program>,
     pub inputs: Vec<Binding>,
     pub outputs: Vec<Binding>,
@@ -117,12 +119,12 @@ pub(super) struct Lower<'g> {
     pub g: &'g Graph,
     pub limits: DeviceLimits,
     pub vals: HashMap<String, V>,
-    weights: Vec<u8>,
+    weights: Vec<Vec<u8>>,
     wcache: HashMap<String, Val>,
     bufs: Vec<BufInfo>,
     /// Ops with the arena buffer of each tensor, in `OpDesc::tensors`
-    /// order (None: the weights); and the node that emitted each.
-    ops: Vec<(OpDesc, Vec<Option<usize>>, usize)>,
+    /// order (or its weights chunk); and the node that emitted each.
+    ops: Vec<(OpDesc, Vec<Result<usize, u32>>, usize)>,
     /// How many nodes read each value, plus one if it is a graph output.
     pub uses: HashMap<String, usize>,
     /// Nodes reading each value.
@@ -210,6 +212,7 @@ impl<'g> Lower<'g> {
         });
         Val {
             buf: Some(self.bufs.len() - 1),
+            wbo: 0,
             off: 0,
             strides: dense_strides(&dims),
             dims,
@@ -222,15 +225,28 @@ impl<'g> Lower<'g> {
         if let Some(v) = self.wcache.get(key) {
             return v.clone();
         }
-        let off = self.weights.len() as u64;
-        for x in c.floats() {
-            self.weights.extend_from_slice(&x.to_le_bytes());
+        // A new chunk when this constant would take the last one past the
+        // largest buffer the device allows.
+        let bytes = (c.len() as u64).saturating_mul(4).saturating_add(ALIGN);
+        let full = self
+            .weights
+            .last()
+            .is_none_or(|w| (w.len() as u64).saturating_add(bytes) > self.limits.max_bo_size);
+        if full {
+            self.weights.push(Vec::new());
         }
-        while self.weights.len() as u64 % ALIGN != 0 {
-            self.weights.push(0);
+        let wbo = self.weights.len() - 1;
+        let w = self.weights.last_mut().expect("a chunk");
+        let off = w.len() as u64;
+        for x in c.floats() {
+            w.extend_from_slice(&x.to_le_bytes());
+        }
+        while w.len() as u64 % ALIGN != 0 {
+            w.push(0);
         }
         let v = Val {
             buf: None,
+            wbo: wbo as u32,
             off,
             strides: dense_strides(&c.dims),
             dims: c.dims.clone(),
@@ -302,10 +318,10 @@ impl<'g> Lower<'g> {
     /// `OpDesc::tensors` order.
     pub fn emit(&mut self, op: OpDesc, vals: &[&Val]) {
         let at = self.ops.len();
-        let bufs: Vec<Option<usize>> = vals.iter().map(|v| v.buf).collect();
+        let bufs: Vec<Result<usize, u32>> = vals.iter().map(|v| v.buf.ok_or(v.wbo)).collect();
         let n = bufs.len();
         for (i, b) in bufs.iter().enumerate() {
-            if let Some(b) = b {
+            if let Ok(b) = b {
                 let info = &mut self.bufs[*b];
                 info.last = info.last.max(at);
                 if i == n - 1 {
@@ -488,11 +504,11 @@ fn finish(mut l: Lower<'_>, inputs: Vec<(String, Val)>) -> Result<Compiled, Mode
     for (mut op, bufs, node) in l.ops {
         for (t, b) in tensors_mut(&mut op).into_iter().zip(&bufs) {
             match b {
-                Some(b) => {
+                Ok(b) => {
                     t.bo_index = ARENA_BO;
                     t.offset += offset[*b];
                 }
-                None => t.bo_index = WEIGHTS_BO,
+                Err(k) => t.bo_index = 1 + k,
             }
         }
         let code = opcode(&op);
@@ -526,10 +542,13 @@ fn finish(mut l: Lower<'_>, inputs: Vec<(String, Val)>) -> Result<Compiled, Mode
         cost = cost.saturating_add(c);
         segments.last_mut().expect("one segment").ops.push(op);
     }
-    if arena > l.limits.max_bo_size || l.weights.len() as u64 > l.limits.max_bo_size {
+    let too_big = l
+        .weights
+        .iter()
+        .any(|w| w.len() as u64 > l.limits.max_bo_size);
+    if arena > l.limits.max_bo_size || too_big {
         return Err(ModelError::Capacity(format!(
-            "weights of {} bytes and activations of {arena} bytes; buffers may have {}",
-            l.weights.len(),
+            "a constant or {arena} bytes of activations above the {}-byte buffer limit",
             l.limits.max_bo_size
         )));
     }

@@ -251,6 +251,7 @@ pub(super) fn lower_node(l: &mut Lower<'_>) -> Result<(), ModelError> {
             };
             let view = Val {
                 buf: x.buf,
+                wbo: x.wbo,
                 off: x.off,
                 dims: perm.iter().map(|&p| x.dims[p]).collect(),
                 strides: perm.iter().map(|&p| x.strides[p]).collect(),
@@ -335,12 +336,14 @@ fn matmul(l: &mut Lower<'_>, a: &Val, b: &Val, y: &Val) -> Result<(), ModelError
         let k1 = (k0 + kb).min(k);
         let pa = Val {
             buf: a.buf,
+            wbo: a.wbo,
             off: a.off + (k0 * a.strides[1] * 4) as u64,
             dims: vec![m, k1 - k0],
             strides: a.strides.clone(),
         };
         let pb = Val {
             buf: b.buf,
+            wbo: b.wbo,
             off: b.off + (k0 * b.strides[0] * 4) as u64,
             dims: vec![k1 - k0, n],
             strides: b.strides.clone(),
@@ -370,6 +373,7 @@ fn gemm(l: &mut Lower<'_>, node: &Node) -> Result<(), ModelError> {
         if trans && v.dims.len() == 2 {
             Val {
                 buf: v.buf,
+                wbo: v.wbo,
                 off: v.off,
                 dims: vec![v.dims[1], v.dims[0]],
                 strides: vec![v.strides[1], v.strides[0]],
@@ -708,6 +712,7 @@ fn concat(l: &mut Lower<'_>, node: &Node) -> Result<(), ModelError> {
             src.off = p.off + (off * 4) as u64;
             let dst = Val {
                 buf: y.buf,
+                wbo: y.wbo,
                 off: y.off + ((o * dims[ax] * inner + at) * 4) as u64,
                 dims: src.dims.clone(),
                 strides: super::lower::dense_strides(&src.dims),

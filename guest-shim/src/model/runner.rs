@@ -14,7 +14,7 @@ use super::ModelError;
 /// A model loaded on a device.
 pub struct Loaded<D: Device> {
     pub compiled: Compiled,
-    weights: D::Bo,
+    weights: Vec<D::Bo>,
     arena: D::Bo,
     cmds: Vec<(D::Bo, u32)>,
 }
@@ -66,9 +66,11 @@ impl<D: Device> Loaded<D> {
 
     /// Uploads a compiled model.
     pub fn upload(dev: &mut D, compiled: Compiled) -> Result<Loaded<D>, ModelError> {
-        let weights = dev.bo_create((compiled.weights.len() as u64).max(64))?;
-        if !compiled.weights.is_empty() {
-            dev.bo_write(weights, 0, &compiled.weights)?;
+        let mut weights = Vec::new();
+        for w in &compiled.weights {
+            let bo = dev.bo_create((w.len() as u64).max(64))?;
+            dev.bo_write(bo, 0, w)?;
+            weights.push(bo);
         }
         let arena = dev.bo_create(compiled.arena_bytes)?;
         let mut cmds = Vec::new();
@@ -114,7 +116,8 @@ impl<D: Device> Loaded<D> {
                 dev.bo_write(self.arena, off, &f32_bytes(x))?;
             }
         }
-        let bos = [(self.weights, R), (self.arena, R | W)];
+        let mut bos = vec![(self.arena, R | W)];
+        bos.extend(self.weights.iter().map(|&w| (w, R)));
         let mut fences = Vec::new();
         for &(cmd, len) in &self.cmds {
             let f = dev.submit(cmd, len, &bos, fences.last())?;
@@ -163,7 +166,9 @@ impl<D: Device> Loaded<D> {
             dev.bo_destroy(bo)?;
         }
         dev.bo_destroy(self.arena)?;
-        dev.bo_destroy(self.weights)?;
+        for w in self.weights {
+            dev.bo_destroy(w)?;
+        }
         Ok(())
     }
 }

@@ -110,6 +110,13 @@ struct BufInfo {
     last: usize,
 }
 
+/// Where each tensor of an emitted op lives: `Ok(arena buffer)` or
+/// `Err(weights chunk)`.
+type Places = Vec<Result<usize, u32>>;
+
+/// An op, where its tensors live, and the node that emitted it.
+type Emitted = (OpDesc, Places, usize);
+
 pub(super) enum V {
     Const(Const),
     Act(Val),
@@ -124,7 +131,7 @@ pub(super) struct Lower<'g> {
     bufs: Vec<BufInfo>,
     /// Ops with the arena buffer of each tensor, in `OpDesc::tensors`
     /// order (or its weights chunk); and the node that emitted each.
-    ops: Vec<(OpDesc, Vec<Result<usize, u32>>, usize)>,
+    ops: Vec<Emitted>,
     /// How many nodes read each value, plus one if it is a graph output.
     pub uses: HashMap<String, usize>,
     /// Nodes reading each value.
@@ -318,7 +325,7 @@ impl<'g> Lower<'g> {
     /// `OpDesc::tensors` order.
     pub fn emit(&mut self, op: OpDesc, vals: &[&Val]) {
         let at = self.ops.len();
-        let bufs: Vec<Result<usize, u32>> = vals.iter().map(|v| v.buf.ok_or(v.wbo)).collect();
+        let bufs: Places = vals.iter().map(|v| v.buf.ok_or(v.wbo)).collect();
         let n = bufs.len();
         for (i, b) in bufs.iter().enumerate() {
             if let Ok(b) = b {

@@ -13,9 +13,9 @@ use vhost_device_accel::backend::sim::{SimNpu, SimOptions, Tile};
 use vhost_device_accel::memory::GuestMem;
 use vhost_device_accel::metrics::{DaemonMetrics, VmMetrics};
 use vhost_device_accel::sched::Scheduler;
-use vhost_device_accel::vhost_user::AccelBackend;
+use vhost_device_accel::vhost_user::{AccelBackend, Vring};
 use vhost_device_accel::Config;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_accel_protocol::*;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
@@ -74,9 +74,9 @@ fuzz_target!(|data: &[u8]| {
     backend.acked_features(features);
     let event_idx = data.first().is_some_and(|b| b & 1 != 0);
     backend.set_event_idx(event_idx);
-    let vrings: Vec<VringRwLock> = (0..VIRTIO_ACCEL_NUM_QUEUES as u64)
+    let vrings: Vec<Vring> = (0..VIRTIO_ACCEL_NUM_QUEUES as u64)
         .map(|q| {
-            let v = VringRwLock::new(atomic.clone(), QSIZE).unwrap();
+            let v = Vring::new(atomic.clone(), QSIZE).unwrap();
             let (d, a, u) = layout(q);
             v.set_queue_size(QSIZE);
             v.set_queue_info(d, a, u).unwrap();

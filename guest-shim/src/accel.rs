@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use crate::job::JobStatus;
 use crate::uapi::*;
 
 const IOC_WRITE: u32 = 1;
@@ -56,6 +57,35 @@ const DRM_IOCTL_SYNCOBJ_DESTROY: u32 = drm_ioc(IOC_READ | IOC_WRITE, 0xc0, size_
 const DRM_IOCTL_SYNCOBJ_WAIT: u32 =
     drm_ioc(IOC_READ | IOC_WRITE, 0xc3, size_of::<DrmSyncobjWait>());
 const DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL: u32 = 1;
+
+#[repr(C)]
+#[derive(Default)]
+struct DrmSyncobjHandle {
+    handle: u32,
+    flags: u32,
+    fd: i32,
+    pad: u32,
+}
+
+/// `struct sync_file_info` of `<linux/sync_file.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct SyncFileInfo {
+    name: [u8; 32],
+    status: i32,
+    flags: u32,
+    num_fences: u32,
+    pad: u32,
+    sync_fence_info: u64,
+}
+
+const DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD: u32 =
+    drm_ioc(IOC_READ | IOC_WRITE, 0xc1, size_of::<DrmSyncobjHandle>());
+const DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE: u32 = 1;
+const SYNC_IOC_FILE_INFO: u32 = ((IOC_READ | IOC_WRITE) << 30)
+    | ((size_of::<SyncFileInfo>() as u32) << 16)
+    | ((b'>' as u32) << 8)
+    | 4;
 
 /// An open accel node.
 pub struct Accel {
@@ -206,14 +236,49 @@ impl Accel {
         self.ioctl(DRM_IOCTL_SYNCOBJ_WAIT, &mut a)
     }
 
-    /// Waits until no job uses `bo`, up to `timeout_ms`.
-    pub fn bo_wait(&self, bo: Bo, timeout_ms: i64) -> io::Result<()> {
+    /// Waits until no job uses `bo`, up to `timeout_ms`; returns the
+    /// status of the latest jobs that used it (the worst, across contexts).
+    pub fn bo_wait(&self, bo: Bo, timeout_ms: i64) -> io::Result<JobStatus> {
         let mut a = DrmVaccelBoWait {
             handle: bo.handle,
-            pad: 0,
             timeout_ns: clock_monotonic_ns() + timeout_ms * 1_000_000,
+            ..Default::default()
         };
-        self.ioctl(DRM_IOCTL_VACCEL_BO_WAIT, &mut a)
+        self.ioctl(DRM_IOCTL_VACCEL_BO_WAIT, &mut a)?;
+        Ok(JobStatus::from_uapi(a.job_status))
+    }
+
+    /// The status of the job whose fence `syncobj` holds, once signalled
+    /// (`WouldBlock` before): the fence's error, read through a sync_file.
+    pub fn job_status(&self, syncobj: u32) -> io::Result<JobStatus> {
+        let mut h = DrmSyncobjHandle {
+            handle: syncobj,
+            flags: DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE,
+            ..Default::default()
+        };
+        self.ioctl(DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, &mut h)?;
+        // SAFETY: the kernel just gave us this descriptor; the File owns it.
+        let sync = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(h.fd) };
+        let mut info = SyncFileInfo::default();
+        // SAFETY: SYNC_IOC_FILE_INFO takes a struct sync_file_info, which
+        // `info` is; with num_fences 0 the kernel writes only that struct.
+        let r = unsafe { libc::ioctl(sync.as_raw_fd(), SYNC_IOC_FILE_INFO as _, &mut info) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        match info.status {
+            1 => Ok(JobStatus::Ok),
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            e => Ok(JobStatus::from_fence_error(e)),
+        }
+    }
+
+    /// Waits for the job whose fence `syncobj` holds, up to `timeout_ms`:
+    /// `Ok` if it ran, else an error carrying its
+    /// [`JobError`](crate::job::JobError).
+    pub fn wait_job(&self, syncobj: u32, timeout_ms: i64) -> io::Result<()> {
+        self.syncobj_wait(&[syncobj], timeout_ms)?;
+        Ok(self.job_status(syncobj)?.into_result()?)
     }
 
     /// Submits a job whose command stream is `cmd_size` bytes of `cmd` at

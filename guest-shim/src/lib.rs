@@ -2,6 +2,7 @@
 //! and the reference workloads the tools and tests run.
 
 pub mod accel;
+pub mod job;
 pub mod model;
 pub mod uapi;
 pub mod workloads;

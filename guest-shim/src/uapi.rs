@@ -37,8 +37,19 @@ pub const DRM_IOCTL_VACCEL_BO_INFO: u32 = ioc(
 );
 pub const DRM_IOCTL_VACCEL_SUBMIT: u32 =
     ioc(IOC_WRITE, DRM_VACCEL_SUBMIT, size_of::<DrmVaccelSubmit>());
-pub const DRM_IOCTL_VACCEL_BO_WAIT: u32 =
-    ioc(IOC_WRITE, DRM_VACCEL_BO_WAIT, size_of::<DrmVaccelBoWait>());
+pub const DRM_IOCTL_VACCEL_BO_WAIT: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    DRM_VACCEL_BO_WAIT,
+    size_of::<DrmVaccelBoWait>(),
+);
+
+/// `DRM_VACCEL_JOB_STATUS_*`: what became of a job (BO_WAIT's `job_status`).
+pub const DRM_VACCEL_JOB_STATUS_OK: u32 = 0;
+pub const DRM_VACCEL_JOB_STATUS_FAILED: u32 = 1;
+pub const DRM_VACCEL_JOB_STATUS_NO_MEMORY: u32 = 2;
+pub const DRM_VACCEL_JOB_STATUS_CANCELED: u32 = 3;
+pub const DRM_VACCEL_JOB_STATUS_CONTEXT_LOST: u32 = 4;
+pub const DRM_VACCEL_JOB_STATUS_DEVICE_LOST: u32 = 5;
 
 /// `struct drm_vaccel_caps`
 #[repr(C)]
@@ -109,4 +120,6 @@ pub struct DrmVaccelBoWait {
     pub handle: u32,
     pub pad: u32,
     pub timeout_ns: i64,
+    pub job_status: u32,
+    pub pad2: u32,
 }

@@ -65,7 +65,7 @@ fn uapi_layout() -> Layout {
         "drm_vaccel_submit_bo" => DrmVaccelSubmitBo { handle, access },
         "drm_vaccel_submit" => DrmVaccelSubmit { bos, in_syncobjs, cmd_bo, cmd_offset, cmd_size,
             nr_bos, nr_in_syncobjs, out_syncobj, flags, pad },
-        "drm_vaccel_bo_wait" => DrmVaccelBoWait { handle, pad, timeout_ns },
+        "drm_vaccel_bo_wait" => DrmVaccelBoWait { handle, pad, timeout_ns, job_status, pad2 },
     }
 }
 
@@ -121,6 +121,12 @@ fn constants() -> Vec<(&'static str, u64)> {
         DRM_IOCTL_VACCEL_BO_INFO,
         DRM_IOCTL_VACCEL_SUBMIT,
         DRM_IOCTL_VACCEL_BO_WAIT,
+        DRM_VACCEL_JOB_STATUS_OK,
+        DRM_VACCEL_JOB_STATUS_FAILED,
+        DRM_VACCEL_JOB_STATUS_NO_MEMORY,
+        DRM_VACCEL_JOB_STATUS_CANCELED,
+        DRM_VACCEL_JOB_STATUS_CONTEXT_LOST,
+        DRM_VACCEL_JOB_STATUS_DEVICE_LOST,
     );
     v.push(("VIRTIO_ID_ACCEL_PROVISIONAL", VIRTIO_ACCEL_DEVICE_ID.into()));
     v

@@ -14,12 +14,15 @@
 pub mod backend;
 pub mod config;
 pub mod device;
+pub mod lifecycle;
 pub mod memory;
 pub mod metrics;
 pub mod queue;
 pub mod sched;
 pub mod server;
+pub mod state;
 pub mod vhost_user;
+pub mod vring;
 
 pub use config::Config;
 pub use server::Server;

@@ -6,12 +6,20 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vm_memory::bitmap::BS;
 use vm_memory::{
     GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice,
 };
 
-/// Guest memory of one VM (no dirty-page bitmap).
-pub type GuestMem = GuestMemoryMmap<()>;
+/// Guest memory of one VM. Its regions carry the vhost-user dirty log: once
+/// the frontend has set a log (`SET_LOG_BASE`, for a migration), every page
+/// the device writes through them — job outputs, responses, used rings —
+/// is marked in it.
+pub type GuestMem = GuestMemoryMmap<BitmapMmapRegion>;
+
+/// A host mapping of guest memory that marks what is written through it.
+type Slice<'m> = VolatileSlice<'m, BS<'m, BitmapMmapRegion>>;
 
 /// What a backend needs to reach a VM's memory: the memory table as the
 /// VMM updates it, and the counters of what the NPU moved.
@@ -56,6 +64,11 @@ impl Backing {
 
     pub fn entries(&self) -> usize {
         self.ranges.len()
+    }
+
+    /// The `(address, length)` ranges, in buffer order.
+    pub fn ranges(&self) -> &[(u64, u32)] {
+        &self.ranges
     }
 
     /// Checks that every range lies in `mem` (ranges may cross regions).
@@ -118,7 +131,7 @@ pub struct MemStats {
 /// A buffer's bytes in guest memory, as a list of host-mapped segments.
 pub struct BoMem<'m> {
     /// `(offset in buffer, slice)`, sorted by offset, covering the buffer.
-    segs: Vec<(u64, VolatileSlice<'m>)>,
+    segs: Vec<(u64, Slice<'m>)>,
     len: u64,
     stats: &'m MemStats,
 }
@@ -148,7 +161,7 @@ impl<'m> BoMem<'m> {
         &self,
         off: u64,
         len: usize,
-        mut f: impl FnMut(usize, VolatileSlice<'m>) -> Result<(), MemError>,
+        mut f: impl FnMut(usize, Slice<'m>) -> Result<(), MemError>,
     ) -> Result<(), MemError> {
         self.check(off, len)?;
         let oob = || MemError::OutOfBounds {

@@ -129,7 +129,7 @@ fn walk(mem: &GuestMem, table: u64, size: u16, head: u16) -> Result<Vec<Desc>, C
                 return Err(ChainError::IndirectWithNext);
             }
             let n = len / DESC_SIZE as u32;
-            if len == 0 || len % DESC_SIZE as u32 != 0 || n > u32::from(u16::MAX) {
+            if len == 0 || !len.is_multiple_of(DESC_SIZE as u32) || n > u32::from(u16::MAX) {
                 return Err(ChainError::BadIndirect(len));
             }
             (tab, tab_size, idx, indirect, steps) = (addr, n as u16, 0, true, 0);
@@ -225,6 +225,22 @@ pub fn split(mem: &GuestMem, table: u64, size: u16, head: u16, max: usize) -> Sp
 }
 
 impl WriteArea {
+    /// An area from `(guest address, length)` descriptors, as a saved
+    /// state keeps them.
+    pub fn from_ranges(ranges: &[(u64, u32)]) -> WriteArea {
+        WriteArea {
+            descs: ranges.iter().map(|&(a, l)| (GuestAddress(a), l)).collect(),
+            len: ranges
+                .iter()
+                .fold(0usize, |a, &(_, l)| a.saturating_add(l as usize)),
+        }
+    }
+
+    /// Its descriptors as `(guest address, length)`.
+    pub fn ranges(&self) -> Vec<(u64, u32)> {
+        self.descs.iter().map(|&(a, l)| (a.0, l)).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

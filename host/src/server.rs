@@ -19,6 +19,7 @@ use crate::memory::GuestMem;
 use crate::metrics::DaemonMetrics;
 use crate::sched::Scheduler;
 use crate::vhost_user::{AccelBackend, COMPLETION_EVENT};
+use crate::vring;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
@@ -111,8 +112,18 @@ impl<B: Backend> Server<B> {
             self.metrics.vm(&vm.label(), vm.weight, &self.config.limits),
         )
         .map_err(ServeError::Backend)?;
-        let mut daemon = VhostUserDaemon::new("vhost-device-accel".into(), backend.clone(), mem)
-            .map_err(ServeError::Daemon)?;
+        // The rings signal their starts on the VM's completion eventfd.
+        let started = Arc::new(
+            backend
+                .completion_fd()
+                .try_clone()
+                .map_err(ServeError::Backend)?,
+        );
+        let (daemon, vrings) = vring::collect(started, || {
+            VhostUserDaemon::new("vhost-device-accel".into(), backend.clone(), mem)
+        });
+        let mut daemon = daemon.map_err(ServeError::Daemon)?;
+        backend.set_vrings(vrings);
         let handlers = daemon.get_epoll_handlers();
         for h in &handlers {
             h.register_listener(
@@ -131,6 +142,8 @@ impl<B: Backend> Server<B> {
             vms.push((path.to_owned(), Arc::downgrade(&handle)));
         }
         let result = started.and_then(|()| daemon.wait());
+        // Nothing of the VM runs or touches its memory after this.
+        handle.0.disconnect();
         // The worker threads only leave their loop on the exit event.
         for h in &handlers {
             h.send_exit_event();

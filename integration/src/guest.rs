@@ -127,16 +127,84 @@ pub struct Guest {
     pub config: Config,
     pub opts: GuestOptions,
     /// Submit chains in flight: head → (request buffer, response buffer).
-    submits: HashMap<u16, (u64, u64)>,
+    pub(crate) submits: HashMap<u16, (u64, u64)>,
     /// Submit completions collected while waiting for something else.
-    done: Vec<(u16, Response)>,
+    pub(crate) done: Vec<(u16, Response)>,
 }
 
 /// The memory table a VMM sends for `mem`.
-fn region_infos(mem: &Mem) -> Vec<VhostUserMemoryRegionInfo> {
+pub(crate) fn region_infos(mem: &Mem) -> Vec<VhostUserMemoryRegionInfo> {
     mem.iter()
         .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
         .collect()
+}
+
+/// Connects to the daemon at `path` as a VMM does: owner, features,
+/// protocol features, configuration.
+pub(crate) fn handshake(path: &Path, opts: &GuestOptions) -> (Frontend, u64, Config) {
+    let mut frontend = Frontend::connect(path, VIRTIO_ACCEL_NUM_QUEUES as u64)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    frontend.set_owner().unwrap();
+    let offered = frontend.get_features().unwrap();
+    let mut want = VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES | opts.device_features;
+    if opts.event_idx {
+        want |= VIRTIO_RING_F_EVENT_IDX;
+    }
+    let features = offered & want;
+    frontend.set_features(features).unwrap();
+    let proto = frontend.get_protocol_features().unwrap();
+    assert!(
+        proto.contains(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK)
+    );
+    frontend
+        .set_protocol_features(
+            proto
+                & (VhostUserProtocolFeatures::MQ
+                    | VhostUserProtocolFeatures::CONFIG
+                    | VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::RESET_DEVICE
+                    | VhostUserProtocolFeatures::LOG_SHMFD
+                    | VhostUserProtocolFeatures::DEVICE_STATE),
+        )
+        .unwrap();
+    let size = std::mem::size_of::<Config>() as u32;
+    let (_, cfg) = frontend
+        .get_config(
+            0,
+            size,
+            VhostUserConfigFlags::empty(),
+            &vec![0u8; size as usize],
+        )
+        .unwrap();
+    let config = Config::read_from_bytes(&cfg).expect("config size");
+    (frontend, features, config)
+}
+
+/// Hands ring `q` to the daemon as a VMM starts a ring: size, addresses
+/// (as the VMM's host addresses), the next available index, call and kick
+/// eventfds, then enable.
+pub(crate) fn start_ring(frontend: &mut Frontend, mem: &Mem, q: usize, ring: &Ring, base: u16) {
+    let hva = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).unwrap() as u64;
+    frontend.set_vring_num(q, ring.size).unwrap();
+    frontend
+        .set_vring_addr(
+            q,
+            &VringConfigData {
+                queue_max_size: ring.size,
+                queue_size: ring.size,
+                flags: 0,
+                desc_table_addr: hva(ring.desc),
+                used_ring_addr: hva(ring.used),
+                avail_ring_addr: hva(ring.avail),
+                log_addr: None,
+            },
+        )
+        .unwrap();
+    frontend.set_vring_base(q, base).unwrap();
+    frontend.set_vring_call(q, &ring.call).unwrap();
+    frontend.set_vring_kick(q, &ring.kick).unwrap();
+    frontend.set_vring_enable(q, true).unwrap();
 }
 
 /// A submit in flight.
@@ -146,39 +214,7 @@ pub struct Pending(pub u16);
 impl Guest {
     /// Connects to the daemon at `path` and brings the device up.
     pub fn connect(path: &Path, opts: GuestOptions) -> Guest {
-        let mut frontend = Frontend::connect(path, VIRTIO_ACCEL_NUM_QUEUES as u64)
-            .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
-        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        frontend.set_owner().unwrap();
-        let offered = frontend.get_features().unwrap();
-        let mut want = VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES | opts.device_features;
-        if opts.event_idx {
-            want |= VIRTIO_RING_F_EVENT_IDX;
-        }
-        let features = offered & want;
-        frontend.set_features(features).unwrap();
-        let proto = frontend.get_protocol_features().unwrap();
-        assert!(proto
-            .contains(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK));
-        frontend
-            .set_protocol_features(
-                proto
-                    & (VhostUserProtocolFeatures::MQ
-                        | VhostUserProtocolFeatures::CONFIG
-                        | VhostUserProtocolFeatures::REPLY_ACK
-                        | VhostUserProtocolFeatures::RESET_DEVICE),
-            )
-            .unwrap();
-        let size = std::mem::size_of::<Config>() as u32;
-        let (_, cfg) = frontend
-            .get_config(
-                0,
-                size,
-                VhostUserConfigFlags::empty(),
-                &vec![0u8; size as usize],
-            )
-            .unwrap();
-        let config = Config::read_from_bytes(&cfg).expect("config size");
+        let (mut frontend, features, config) = handshake(path, &opts);
 
         // Guest memory: one memfd per region, regions back to back.
         let mut ranges = Vec::new();
@@ -213,26 +249,7 @@ impl Guest {
             mem.write_slice(&vec![0u8; bytes as usize], GuestAddress(base))
                 .unwrap();
             let ring = Ring::new(base, opts.queue_size, event_idx);
-            let hva = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).unwrap() as u64;
-            frontend.set_vring_num(q, opts.queue_size).unwrap();
-            frontend
-                .set_vring_addr(
-                    q,
-                    &VringConfigData {
-                        queue_max_size: opts.queue_size,
-                        queue_size: opts.queue_size,
-                        flags: 0,
-                        desc_table_addr: hva(ring.desc),
-                        used_ring_addr: hva(ring.used),
-                        avail_ring_addr: hva(ring.avail),
-                        log_addr: None,
-                    },
-                )
-                .unwrap();
-            frontend.set_vring_base(q, 0).unwrap();
-            frontend.set_vring_call(q, &ring.call).unwrap();
-            frontend.set_vring_kick(q, &ring.kick).unwrap();
-            frontend.set_vring_enable(q, true).unwrap();
+            start_ring(&mut frontend, &mem, q, &ring, 0);
             rings.push(ring);
         }
         let mut g = Guest {
@@ -396,6 +413,11 @@ impl Guest {
         let r = Response::decode(VIRTIO_ACCEL_CMD_SUBMIT, &b)
             .unwrap_or_else(|e| panic!("bad submit response ({len} bytes): {e}"));
         self.done.push((head, r));
+    }
+
+    /// Where the response of a submit in flight will be written.
+    pub fn response_buffer(&self, p: Pending) -> u64 {
+        self.submits[&p.0].1
     }
 
     /// Waits for the next submit completion.

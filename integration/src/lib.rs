@@ -8,6 +8,7 @@ pub mod bench;
 pub mod daemon;
 pub mod echo;
 pub mod guest;
+pub mod lifecycle;
 pub mod model;
 pub mod ring;
 

@@ -105,6 +105,26 @@ if [ ! -e "$K/.ready" ]; then
     trap - EXIT
     touch "$K/.ready"
 fi
+# checkpatch.pl, for the kernel-style check of the driver: Linux 6.12's,
+# from trixie's linux-source-6.12. Optional: run.sh skips the check without it.
+CP=$CACHE/checkpatch
+if [ ! -e "$CP/.ready" ]; then
+    log "fetching checkpatch.pl from linux-source-6.12"
+    trap umount_root EXIT
+    mount_root
+    rm -rf "$R/debs" "$CP" && mkdir -p "$R/debs/x" "$CP"
+    if chroot "$R" sh -c "cd /debs && apt-get -q download linux-source-6.12" >/dev/null; then
+        dpkg -x "$R"/debs/linux-source-6.12_*.deb "$R/debs/x"
+        tar -xaf "$R"/debs/x/usr/src/linux-source-6.12.tar.xz -C "$CP" --strip-components=2 \
+            --wildcards '*/scripts/checkpatch.pl' '*/scripts/spelling.txt' \
+            '*/scripts/const_structs.checkpatch' && touch "$CP/.ready"
+    else
+        log "linux-source-6.12 not found: no checkpatch"
+    fi
+    rm -rf "$R/debs"
+    umount_root
+    trap - EXIT
+fi
 echo "$KVER" >"$CACHE/kver"
 qemu_ver=$(chroot "$R" dpkg-query -W -f '${Version}' qemu-system-x86)
 log "ready: kernel $KVER, QEMU $qemu_ver"

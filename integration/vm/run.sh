@@ -4,10 +4,16 @@
 # vhost-device-accel daemon on the software NPU. Each guest runs accel-info,
 # accel-run (workloads checked against a CPU reference), SqueezeNet through
 # `accel-run --model` against ONNX Runtime's output (model.sh), and libdrm's
-# drmGetVersion(), reloads the driver, then removes the device under a
-# running job and unloads the driver. A further guest, on a daemon that hangs
-# its first job, checks that the context is reported lost. PASS only if every
-# check passed in every guest.
+# drmGetVersion(), reloads the driver, then removes the device under running
+# jobs and unloads the driver. Three more guests, each on its own daemon:
+# one whose first job hangs (the context is reported lost); one running
+# hostile userspace (vaccel-test hostile) against a daemon with small limits;
+# one whose daemon fails jobs and is stopped, continued and killed when the
+# guest asks on its console (vaccel-test lifecycle). PASS only if every check
+# passed in every guest.
+#
+# VACCEL_DRIVER_DIR builds the kernel module from another tree (its driver/
+# and include/), e.g. an older version, to see the checks fail.
 #
 # Needs root on Debian (bookworm or later) with a Rust toolchain. Downloads
 # and the prepared root are cached outside the repository (prepare.sh).
@@ -17,7 +23,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
 CACHE=${VACCEL_VM_CACHE:-/var/tmp/virtio-accel-vm}
 VMS=${VACCEL_VMS:-2}
-TIMEOUT=${VACCEL_VM_TIMEOUT:-240}
+TIMEOUT=${VACCEL_VM_TIMEOUT:-300}
+DRV=${VACCEL_DRIVER_DIR:-$TOP/guest-shim/linux}
 R=$CACHE/root
 log() { echo "vm-e2e: $*" >&2; }
 t0=$(date +%s)
@@ -28,8 +35,10 @@ K=$CACHE/kernel-$KVER
 
 mount -t proc proc "$R/proc" 2>/dev/null || true
 cleanup() {
-    [ -n "${DAEMON:-}" ] && kill "$DAEMON" 2>/dev/null || true
-    [ -n "${HANG_DAEMON:-}" ] && kill "$HANG_DAEMON" 2>/dev/null || true
+    for d in ${DAEMON:-} ${HANG_DAEMON:-} ${HOSTILE_DAEMON:-} ${LIFE_DAEMON:-}; do
+        kill -CONT "$d" 2>/dev/null || true
+        kill "$d" 2>/dev/null || true
+    done
     umount "$R/proc" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -42,17 +51,34 @@ for h in "$R"/usr/src/linux-headers-*-amd64; do
     [ "$v" = "$KVER" ] && continue
     log "building the kernel module against $v (build only)"
     rm -rf "$R/build/vaccel-$v" && mkdir -p "$R/build/vaccel-$v"
-    cp -r "$TOP/guest-shim/linux/driver" "$TOP/guest-shim/linux/include" "$R/build/vaccel-$v/"
+    cp -r "$DRV/driver" "$DRV/include" "$R/build/vaccel-$v/"
     chroot "$R" make -s -C "/usr/src/linux-headers-$v" M="/build/vaccel-$v/driver" KCFLAGS=-Werror modules
 done
 log "building the kernel module against $KVER"
 B=$R/build/vaccel
 rm -rf "$B" && mkdir -p "$B"
-cp -r "$TOP/guest-shim/linux/driver" "$TOP/guest-shim/linux/include" "$B/"
-cp "$HERE/drm-version.c" "$B/"
+cp -r "$DRV/driver" "$DRV/include" "$B/"
+cp -r "$HERE/drm-version.c" "$HERE/guest-test" "$B/"
+mkdir -p "$B/uapi" && cp -r "$TOP/guest-shim/linux/include/uapi/drm" "$B/uapi/"
 chroot "$R" make -s -C "/usr/src/linux-headers-$KVER" M=/build/vaccel/driver KCFLAGS=-Werror modules
 chroot "$R" gcc -O2 -Wall -Werror -I/usr/include/libdrm -o /build/vaccel/drm-version \
     /build/vaccel/drm-version.c -ldrm
+chroot "$R" sh -c 'gcc -O2 -Wall -Wextra -Wno-unused-parameter -Werror -static -pthread \
+    -I/build/vaccel/uapi -I/usr/include/drm -o /build/vaccel/vaccel-test /build/vaccel/guest-test/*.c'
+
+# Kernel style: checkpatch --strict may say only what checkpatch.expected
+# lists (README says why each remains).
+if [ -z "${VACCEL_DRIVER_DIR:-}" ] && [ -e "$CACHE/checkpatch/.ready" ]; then
+    log "checkpatch --strict on the driver"
+    got=$(cd "$DRV" && perl "$CACHE/checkpatch/checkpatch.pl" --strict --no-tree --terse -f \
+        driver/*.c driver/*.h include/uapi/drm/virtio_accel_drm.h |
+        grep -E ': (ERROR|WARNING|CHECK):' | sed 's/:[0-9]*: /: /' | sort || true)
+    if [ "$got" != "$(sort "$HERE/checkpatch.expected")" ]; then
+        log "checkpatch findings differ from checkpatch.expected:"
+        diff <(sort "$HERE/checkpatch.expected") <(echo "$got") >&2 || true
+        exit 1
+    fi
+fi
 
 log "building the daemon and the static guest tools"
 (cd "$TOP" && cargo build -q --release -p vhost-device-accel)
@@ -75,7 +101,7 @@ chmod +x "$I/init"
 for t in accel-info accel-run; do
     cp "$TOP/target/x86_64-unknown-linux-gnu/release/$t" "$I/bin/"
 done
-cp "$B/drm-version" "$I/bin/"
+cp "$B/drm-version" "$B/vaccel-test" "$I/bin/"
 # drm-version is dynamic: bring its libraries and the loader.
 chroot "$R" ldd /build/vaccel/drm-version | grep -oE '/[^ ]+' | while read -r lib; do
     mkdir -p "$I$(dirname "$lib")"
@@ -107,7 +133,7 @@ rm -rf "$S"
 chroot "$R" qemu-system-x86_64 -device help 2>/dev/null | grep -q vhost-user-test-device-pci ||
     { log "QEMU in the root lacks vhost-user-test-device-pci"; exit 1; }
 
-log "starting vhost-device-accel with $VMS sockets, and one that hangs its first job"
+log "starting vhost-device-accel with $VMS sockets, and one daemon for each other guest"
 socks=()
 for i in $(seq 0 $((VMS - 1))); do
     rm -f "$R/tmp/accel$i.sock"
@@ -120,34 +146,78 @@ echo "job_timeout_ms = 300" >"$CACHE/hang.toml"
 "$TOP/target/release/vhost-device-accel" --socket-path "$R/tmp/accel-hang.sock" --hang-jobs 1 \
     --config "$CACHE/hang.toml" >"$CACHE/daemon-hang.log" 2>&1 &
 HANG_DAEMON=$!
-for s in "${socks[@]}" "$R/tmp/accel-hang.sock"; do
+# Small limits for hostile userspace: 4 jobs in flight, 64 buffers, and
+# enough bytes for a 256 MiB buffer; 5 ms per job so jobs pile up.
+rm -f "$R/tmp/accel-hostile.sock" "$R/tmp/accel-life.sock"
+printf '[limits]\nmax_jobs_in_flight = 4\nmax_bos = 64\nmax_total_bo_bytes = 402653184\n' \
+    >"$CACHE/hostile.toml"
+"$TOP/target/release/vhost-device-accel" --socket-path "$R/tmp/accel-hostile.sock" \
+    --config "$CACHE/hostile.toml" --latency-us 5000 >"$CACHE/daemon-hostile.log" 2>&1 &
+HOSTILE_DAEMON=$!
+# Fails jobs 1 and 2; quotas the lifecycle guest fills to prove nothing leaked.
+printf '[limits]\nmax_contexts = 16\nmax_bos = 32\n' >"$CACHE/life.toml"
+"$TOP/target/release/vhost-device-accel" --socket-path "$R/tmp/accel-life.sock" \
+    --config "$CACHE/life.toml" --fail-jobs 1,2 >"$CACHE/daemon-life.log" 2>&1 &
+LIFE_DAEMON=$!
+for s in "${socks[@]}" "$R/tmp/accel-hang.sock" "$R/tmp/accel-hostile.sock" "$R/tmp/accel-life.sock"; do
     [ "$s" = --socket-path ] && continue
     for _ in $(seq 200); do [ -S "$s" ] && break; sleep 0.05; done
 done
 
-boot() { # boot NAME SOCKET CMDLINE-EXTRA
-    timeout "$TIMEOUT" chroot "$R" qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1 -m 512M \
-        -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \
+boot() { # boot NAME SOCKET CMDLINE-EXTRA [MEMORY]
+    mem=${4:-512M}
+    timeout "$TIMEOUT" chroot "$R" qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1 -m "$mem" \
+        -object memory-backend-memfd,id=mem,size="$mem",share=on -machine memory-backend=mem \
         -chardev socket,id=c0,path="$2" \
         -device vhost-user-test-device-pci,chardev=c0,virtio-id=39,num_vqs=3,config_size=72 \
         -kernel /tmp/vmlinuz -initrd /tmp/initrd.gz -append "console=ttyS0 panic=-1 quiet $3" \
         -display none -serial stdio -monitor none -no-reboot </dev/null >"$CACHE/$1.log" 2>&1
 }
-log "booting $VMS guests side by side, then the hang guest"
+# Acts on what the lifecycle guest asks on its console: VACCEL-HOST
+# stop|cont|kill (SIGSTOP, SIGCONT, SIGKILL its daemon), while $2 runs.
+host_agent() { # host_agent LOG PID
+    local seen=0 n cmd
+    while kill -0 "$2" 2>/dev/null; do
+        n=$(grep -c '^VACCEL-HOST ' "$1" 2>/dev/null || true)
+        while [ "$seen" -lt "${n:-0}" ]; do
+            seen=$((seen + 1))
+            cmd=$(grep '^VACCEL-HOST ' "$1" | sed -n "${seen}p" | tr -d '\r' | awk '{print $2}')
+            case $cmd in
+                stop) kill -STOP "$LIFE_DAEMON" ;;
+                cont) kill -CONT "$LIFE_DAEMON" ;;
+                kill) kill -KILL "$LIFE_DAEMON" ;;
+            esac
+            log "lifecycle guest: $cmd the daemon"
+        done
+        sleep 0.1
+    done
+}
+
+log "booting $VMS guests side by side with the hang guest"
 pids=()
 for i in $(seq 0 $((VMS - 1))); do
     boot "guest$i" "/tmp/accel$i.sock" "" &
     pids+=($!)
 done
+boot guest-hang /tmp/accel-hang.sock vaccel_test=hang &
+pids+=($!)
 for p in "${pids[@]}"; do wait "$p" || true; done
-boot guest-hang /tmp/accel-hang.sock vaccel_test=hang || true
 kill "$HANG_DAEMON" 2>/dev/null || true
+
+log "booting the hostile and the lifecycle guests side by side"
+boot guest-hostile /tmp/accel-hostile.sock vaccel_test=hostile 1G &
+hp=$!
+boot guest-lifecycle /tmp/accel-life.sock vaccel_test=lifecycle &
+lp=$!
+host_agent "$CACHE/guest-lifecycle.log" "$lp"
+wait "$hp" || true
+wait "$lp" || true
 
 fail=0
 verdict() { # verdict NAME EXPECTED-PASSES
     g=$CACHE/$1.log
     echo "--- $1"
-    grep -E '^(CHECK|accel-run:|accel-info:|libdrm|npu:|driver:)' "$g" | tr -d '\r' || true
+    grep -E '^(CHECK|  |accel-run:|accel-info:|libdrm|npu:|driver:|inflight:)' "$g" | tr -d '\r' || true
     n_pass=$(grep -c '^CHECK .* PASS' "$g" || true)
     if grep -q '^CHECK .* FAIL' "$g" || [ "$n_pass" -lt "$2" ] || ! grep -q E2E-DONE "$g"; then
         fail=1
@@ -157,11 +227,13 @@ verdict() { # verdict NAME EXPECTED-PASSES
 }
 for i in $(seq 0 $((VMS - 1))); do verdict "guest$i" 9; done
 verdict guest-hang 4
+verdict guest-hostile 17
+verdict guest-lifecycle 9
 echo "--- daemon"
 tail -5 "$CACHE/daemon.log"
 secs=$(($(date +%s) - t0))
 if [ "$fail" = 0 ]; then
-    echo "E2E-RESULT: PASS ($VMS guests side by side + 1 hang guest, ${secs}s)"
+    echo "E2E-RESULT: PASS ($VMS guests side by side + hang, hostile and lifecycle guests, ${secs}s)"
 else
     echo "E2E-RESULT: FAIL (${secs}s)"
     exit 1

@@ -1,6 +1,12 @@
 //! Runs the reference workloads (MLP, int8 matmul, conv2d) through the
 //! accel node and checks each output against the CPU reference. Also checks
-//! that the kernel refuses malformed submits. Exits non-zero on any failure.
+//! that the kernel refuses malformed submits. Exits non-zero on any failure,
+//! printing what became of a job that did not run (failed, cancelled,
+//! context lost, device lost).
+//!
+//! `accel-run --hang`: against a device that hangs the first job, checks it
+//! is reported as a lost context. `accel-run --one-job`: runs one no-op job
+//! and prints its status.
 //!
 //! `accel-run --model PATH [--input FILE.npy] [--expect FILE.npy]
 //! [--runs N] [DEVICE]` runs an ONNX model instead: prints its top outputs
@@ -10,6 +16,7 @@
 use std::process::ExitCode;
 
 use virtio_accel_guest::accel::{Accel, JobBo};
+use virtio_accel_guest::job::{JobError, JobStatus};
 use virtio_accel_guest::uapi::{DrmVaccelSubmit, DRM_VACCEL_BO_READ, DRM_VACCEL_BO_WRITE};
 use virtio_accel_guest::workloads::{self, Workload};
 
@@ -39,11 +46,13 @@ fn run(dev: &Accel, w: &Workload) -> Result<(), String> {
         .map_err(e("SUBMIT"))?;
     dev.submit(&bos, cmd, 0, stream.len() as u32, &[first], second)
         .map_err(e("SUBMIT chained"))?;
-    dev.syncobj_wait(&[second], 30_000)
-        .map_err(e("SYNCOBJ_WAIT"))?;
-    dev.syncobj_wait(&[first], 0).map_err(e("first fence"))?;
+    dev.wait_job(second, 30_000).map_err(e("second job"))?;
+    dev.wait_job(first, 0).map_err(e("first job"))?;
     let (i, off) = w.output;
-    dev.bo_wait(bos[i].bo, 1000).map_err(e("BO_WAIT"))?;
+    match dev.bo_wait(bos[i].bo, 1000).map_err(e("BO_WAIT"))? {
+        JobStatus::Ok => {}
+        s => return Err(format!("{name}: BO_WAIT: job {s}")),
+    }
     let out = dev
         .map(bos[i].bo)
         .map_err(e("mmap output"))?
@@ -118,21 +127,42 @@ fn bad_submits(dev: &Accel) -> Result<(), String> {
 /// fence must complete, the device must report the context lost, and the
 /// node must refuse further work on it.
 fn hang(dev: &Accel) -> Result<(), String> {
+    let (cmd, len) = nop(dev)?;
+    let done = dev.syncobj_create().map_err(|e| e.to_string())?;
+    dev.submit(&[], cmd, 0, len, &[], done)
+        .map_err(|e| format!("first submit: {e}"))?;
+    match dev.wait_job(done, 60_000) {
+        Err(e) if JobError::of(&e) == Some(JobStatus::ContextLost) => {
+            println!("accel-run: hung job: {e}");
+        }
+        r => return Err(format!("hung job: got {r:?}, want a lost context")),
+    }
+    match dev.submit(&[], cmd, 0, len, &[], 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(()),
+        r => Err(format!("submit on a lost context: got {r:?}, want EIO")),
+    }
+}
+
+/// A command buffer holding one NOP; returns it and the stream's length.
+fn nop(dev: &Accel) -> Result<(virtio_accel_guest::accel::Bo, u32), String> {
     let stream = virtio_accel_protocol::snpu::Program {
         ops: vec![virtio_accel_protocol::snpu::OpDesc::Nop],
     }
     .encode();
     let cmd = dev.bo_create(4096).map_err(|e| e.to_string())?;
     dev.map(cmd).map_err(|e| e.to_string())?.write(0, &stream);
+    Ok((cmd, stream.len() as u32))
+}
+
+/// Runs one no-op job and returns its status.
+fn one_job(dev: &Accel) -> Result<JobStatus, String> {
+    let (cmd, len) = nop(dev)?;
     let done = dev.syncobj_create().map_err(|e| e.to_string())?;
-    dev.submit(&[], cmd, 0, stream.len() as u32, &[], done)
-        .map_err(|e| format!("first submit: {e}"))?;
+    dev.submit(&[], cmd, 0, len, &[], done)
+        .map_err(|e| format!("submit: {e}"))?;
     dev.syncobj_wait(&[done], 60_000)
-        .map_err(|e| format!("the hung job's fence never completed: {e}"))?;
-    match dev.submit(&[], cmd, 0, stream.len() as u32, &[], 0) {
-        Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(()),
-        r => Err(format!("submit on a lost context: got {r:?}, want EIO")),
-    }
+        .map_err(|e| format!("wait: {e}"))?;
+    dev.job_status(done).map_err(|e| format!("status: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -146,8 +176,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let hang_mode = args.first().is_some_and(|a| a == "--hang");
-    if hang_mode {
+    let mode = args
+        .first()
+        .filter(|a| a.starts_with("--"))
+        .cloned()
+        .unwrap_or_default();
+    if !mode.is_empty() {
         args.remove(0);
     }
     let path = args
@@ -161,7 +195,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if hang_mode {
+    if mode == "--one-job" {
+        return match one_job(&dev) {
+            Ok(s) => {
+                println!("accel-run: one job: {s}");
+                if s == JobStatus::Ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(3)
+                }
+            }
+            Err(e) => {
+                println!("accel-run: one job FAIL: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if mode == "--hang" {
         return match hang(&dev) {
             Ok(()) => {
                 println!("accel-run: hung job lost its context PASS");

@@ -248,7 +248,7 @@ impl<'g> Lower<'g> {
         for x in c.floats() {
             w.extend_from_slice(&x.to_le_bytes());
         }
-        while w.len() as u64 % ALIGN != 0 {
+        while !(w.len() as u64).is_multiple_of(ALIGN) {
             w.push(0);
         }
         let v = Val {

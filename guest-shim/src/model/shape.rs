@@ -63,7 +63,7 @@ pub fn reshape(
     }
     let known = elems(&out);
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(unsupported(
                 node,
                 format!("reshape of {dims:?} to {shape:?}"),

@@ -41,6 +41,11 @@ pub struct Job<B: Backend> {
     pub prepared: Option<B::Job>,
     /// Handles of the listed buffers, in the job's index order.
     pub bos: Vec<u32>,
+    /// Their `VIRTIO_ACCEL_ACCESS_*` bits, and the command stream as
+    /// copied at `SUBMIT`: what a saved device state needs to prepare the
+    /// job again elsewhere.
+    pub access: Vec<u32>,
+    pub cmd: Vec<u8>,
     /// `(context, seqno)` fences still to signal before the job may run.
     pub in_fences: Vec<(u32, u64)>,
     /// Set once the job can never run: the status it will be answered with
@@ -54,7 +59,7 @@ pub struct Job<B: Backend> {
 pub struct Context<B: Backend> {
     pub priority: u32,
     pub bos: BTreeMap<u32, Bo<B>>,
-    next_bo: u32,
+    pub next_bo: u32,
     pub timeline: Timeline,
     pub queue: VecDeque<Job<B>>,
     /// The job on the NPU now, if any.

@@ -97,6 +97,9 @@ impl<B: Backend> Device<B> {
 
     /// Contexts whose next job could start now, with their priorities.
     pub fn runnable(&self) -> Vec<(u32, u32)> {
+        if self.stopped {
+            return Vec::new();
+        }
         self.contexts
             .iter()
             .filter(|(_, c)| c.running.is_none() && c.lost.is_none())
@@ -112,6 +115,9 @@ impl<B: Backend> Device<B> {
     /// Takes the next job of a context for the backend, as job `id`; the
     /// job stays accounted to its context until [`Device::finish`].
     pub fn start(&mut self, ctx_id: u32, id: JobId) -> Option<B::Job> {
+        if self.stopped {
+            return None;
+        }
         let c = self.contexts.get_mut(&ctx_id)?;
         if c.running.is_some() || c.lost.is_some() {
             return None;

@@ -20,6 +20,7 @@ pub mod context;
 mod events;
 mod fences;
 mod jobs;
+mod saved;
 mod submit;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -84,6 +85,9 @@ pub struct Device<B: Backend> {
     jobs_in_flight: u32,
     completions: Vec<Completion>,
     events: VecDeque<Event>,
+    /// The driver's rings are stopped (a VM stop, or a reset not told
+    /// apart from one yet): no job starts; running ones go on to their end.
+    stopped: bool,
     /// Bytes of command streams copied out of guest memory.
     pub cmd_stats: Arc<MemStats>,
 }
@@ -129,6 +133,7 @@ impl<B: Backend> Device<B> {
             jobs_in_flight: 0,
             completions: Vec::new(),
             events: VecDeque::new(),
+            stopped: false,
             cmd_stats: Arc::new(MemStats::default()),
         }
     }
@@ -145,9 +150,25 @@ impl<B: Backend> Device<B> {
         self.features & (1 << bit) != 0
     }
 
+    /// Stops starting jobs: the rings are stopped. Jobs on the NPU go on
+    /// to their end and are answered once the rings run again; queued jobs
+    /// wait. Objects are kept.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// Lets jobs start again after [`Device::stop`].
+    pub fn resume(&mut self) {
+        self.stopped = false;
+    }
+
     /// Drops every object, aborting jobs without answering them: used when
-    /// the driver resets the device and its rings go away.
+    /// the driver resets the device and its rings go away. The aborted jobs
+    /// may write their buffers until the backend gives them back
+    /// ([`Counts::running`] falls to zero); the caller waits for that
+    /// before it acknowledges the reset.
     pub fn reset(&mut self) {
+        self.stopped = false;
         self.abort_running();
         let all: Vec<(u32, Context<B>)> = std::mem::take(&mut self.contexts)
             .into_iter()

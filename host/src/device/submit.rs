@@ -80,6 +80,7 @@ impl<B: Backend> Device<B> {
         }
         let mut seen = HashSet::with_capacity(bos.len());
         let mut list = Vec::with_capacity(bos.len());
+        let mut access = Vec::with_capacity(bos.len());
         let mut shapes = Vec::with_capacity(bos.len());
         for b in bos {
             let h = b.bo_handle.get();
@@ -89,6 +90,7 @@ impl<B: Backend> Device<B> {
             }
             let a = bo.attached.as_ref().ok_or(VIRTIO_ACCEL_RESP_ERR_INVALID)?;
             list.push(h);
+            access.push(b.access.get());
             shapes.push((&a.buffer, b.access.get(), bo.size));
         }
         // Copy the command stream out of guest memory once; only the copy
@@ -147,6 +149,8 @@ impl<B: Backend> Device<B> {
             out_fence,
             prepared: Some(prepared.job),
             bos: list,
+            access,
+            cmd,
             in_fences: waits,
             doomed: None,
             id: None,

@@ -11,7 +11,7 @@ pub mod policy;
 mod thread;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ pub struct VmSlot<B: Backend> {
     pub mem: VmMemory,
     /// Written when the device model has completions for the vring thread.
     pub completion: EventFd,
+    /// Notified, with `device`'s mutex, each time a job of this VM is
+    /// given back: what waits for the VM's jobs to stop waits on it.
+    pub idle: Condvar,
     pub metrics: Arc<VmMetrics>,
     weight: u32,
     key: AtomicU64,
@@ -45,10 +48,37 @@ impl<B: Backend> VmSlot<B> {
             device: Mutex::new(device),
             mem,
             completion: EventFd::new(EFD_NONBLOCK)?,
+            idle: Condvar::new(),
             metrics,
             weight,
             key: AtomicU64::new(0),
         })
+    }
+
+    /// Waits until none of this VM's jobs is on the NPU (every job the
+    /// backend held has been given back), for at most `limit`. False if
+    /// the limit passed first, or the device state is broken.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let Ok(mut d) = self.device.lock() else {
+            return false;
+        };
+        loop {
+            if d.counts().running == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            d = match self
+                .idle
+                .wait_timeout(d, left.min(Duration::from_millis(10)))
+            {
+                Ok((d, _)) => d,
+                Err(_) => return false,
+            };
+        }
     }
 }
 

@@ -287,6 +287,7 @@ impl<B: Backend> Loop<B> {
                     let (ctx, id, end) = (f.ctx, f.id, f.end);
                     let r = catch_unwind(AssertUnwindSafe(|| d.finish(ctx, id, end, time)));
                     drop(d);
+                    vm.idle.notify_all();
                     if r.is_err() {
                         tracing::error!("panic finishing a job; the VM is no longer served");
                     }

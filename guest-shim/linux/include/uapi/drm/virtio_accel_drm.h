@@ -6,6 +6,25 @@
  * writes them in place. Jobs signal DRM syncobjs; wait on them with
  * DRM_IOCTL_SYNCOBJ_WAIT, or on a buffer with DRM_IOCTL_VACCEL_BO_WAIT.
  *
+ * What became of a job: BO_WAIT returns a DRM_VACCEL_JOB_STATUS_*, and the
+ * job's out-fence carries the error below, which a syncobj exported as a
+ * sync_file reports in struct sync_file_info.status (SYNC_IOC_FILE_INFO):
+ *
+ *	OK		0		the job ran
+ *	FAILED		-EIO		the job ran and failed, or the device
+ *					refused it (other errnos: its reason)
+ *	NO_MEMORY	-ENOMEM		the device had no working memory for it
+ *	CANCELED	-ECANCELED	it never ran: its context was destroyed or
+ *					a fence it waited for can never signal
+ *	CONTEXT_LOST	-ENOTRECOVERABLE its context was lost (a job hung or the
+ *					device failed); the file takes no more jobs
+ *	DEVICE_LOST	-ENODEV		the device stopped answering or was
+ *					removed before answering
+ *
+ * Every wait on the device is bounded: a device that leaves a request
+ * unanswered for the module parameter timeout_ms is declared dead, and
+ * every ioctl then fails with ENODEV.
+ *
  * Kept identical to guest-shim/src/uapi.rs by guest-shim/tests/c_layout.rs.
  */
 #ifndef _UAPI_VIRTIO_ACCEL_DRM_H
@@ -32,7 +51,7 @@ extern "C" {
 #define DRM_IOCTL_VACCEL_SUBMIT \
 	DRM_IOW(DRM_COMMAND_BASE + DRM_VACCEL_SUBMIT, struct drm_vaccel_submit)
 #define DRM_IOCTL_VACCEL_BO_WAIT \
-	DRM_IOW(DRM_COMMAND_BASE + DRM_VACCEL_BO_WAIT, struct drm_vaccel_bo_wait)
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_BO_WAIT, struct drm_vaccel_bo_wait)
 
 /**
  * struct drm_vaccel_caps - capabilities of the NPU behind the node
@@ -133,16 +152,28 @@ struct drm_vaccel_submit {
 	__u32 pad;
 };
 
+#define DRM_VACCEL_JOB_STATUS_OK		0
+#define DRM_VACCEL_JOB_STATUS_FAILED		1
+#define DRM_VACCEL_JOB_STATUS_NO_MEMORY		2
+#define DRM_VACCEL_JOB_STATUS_CANCELED		3
+#define DRM_VACCEL_JOB_STATUS_CONTEXT_LOST	4
+#define DRM_VACCEL_JOB_STATUS_DEVICE_LOST	5
+
 /**
  * struct drm_vaccel_bo_wait - wait until no job uses a buffer
- * @handle: GEM handle
- * @pad: must be zero
- * @timeout_ns: absolute CLOCK_MONOTONIC timeout
+ * @handle: (in) GEM handle
+ * @pad: (in) must be zero
+ * @timeout_ns: (in) absolute CLOCK_MONOTONIC timeout
+ * @job_status: (out) DRM_VACCEL_JOB_STATUS_* of the latest jobs that used
+ *	the buffer (the worst of them when several contexts did)
+ * @pad2: (in) must be zero
  */
 struct drm_vaccel_bo_wait {
 	__u32 handle;
 	__u32 pad;
 	__s64 timeout_ns;
+	__u32 job_status;
+	__u32 pad2;
 };
 
 #if defined(__cplusplus)

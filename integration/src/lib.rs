@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod echo;
 pub mod guest;
 pub mod lifecycle;
+pub mod model;
 pub mod process;
 pub mod ring;
 pub mod writer;

@@ -70,9 +70,41 @@ fn every_snpu_opcode_is_specified() {
         (SNPU_OP_SOFTMAX, "SOFTMAX"),
         (SNPU_OP_MATMUL, "MATMUL"),
         (SNPU_OP_CONV2D, "CONV2D"),
+        (SNPU_OP_CONV, "CONV"),
+        (SNPU_OP_MAXPOOL, "MAXPOOL"),
+        (SNPU_OP_AVGPOOL, "AVGPOOL"),
+        (SNPU_OP_CLIP, "CLIP"),
+        (SNPU_OP_SIGMOID, "SIGMOID"),
+        (SNPU_OP_LRN, "LRN"),
     ] {
         let row = format!("| {v} | SNPU_OP_{n} |");
         assert!(s.contains(&row), "appendix lacks row `{row}`");
+        assert!(SNPU_OPS_ALL & (1 << v) != 0, "no ops bit for {n}");
+    }
+    // Every ops bit names a specified opcode.
+    for bit in 0..64 {
+        if SNPU_OPS_ALL & (1 << bit) != 0 {
+            assert!(
+                s.contains(&format!("| {bit} | SNPU_OP_")),
+                "ops bit {bit} has no appendix row"
+            );
+        }
+    }
+    for (v, n) in [
+        (SNPU_CONV_F_RELU, "SNPU_CONV_F_RELU"),
+        (SNPU_POOL_F_COUNT_PAD, "SNPU_POOL_F_COUNT_PAD"),
+    ] {
+        assert!(
+            s.contains(&format!("flag {v} (`{n}`)")),
+            "flag {n} unspecified"
+        );
+    }
+    for (name, ops) in [
+        ("CONV", "| CONV |"),
+        ("MAXPOOL", "| MAXPOOL, AVGPOOL, LRN |"),
+        ("CLIP", "| CLIP, SIGMOID |"),
+    ] {
+        assert!(s.contains(ops), "no working memory row for {name}");
     }
 }
 

@@ -46,6 +46,8 @@ fn every_status_feature_and_event_is_specified() {
             ),
             ("VIRTIO_ACCEL_F_SHM_BLOB", VIRTIO_ACCEL_F_SHM_BLOB),
             ("VIRTIO_ACCEL_F_QUOTAS", VIRTIO_ACCEL_F_QUOTAS),
+            ("VIRTIO_ACCEL_F_PAGE_ALIGNED", VIRTIO_ACCEL_F_PAGE_ALIGNED),
+            ("VIRTIO_ACCEL_F_DEVICE_ADDR", VIRTIO_ACCEL_F_DEVICE_ADDR),
         ]
         .iter()
         .map(|(n, v)| format!("{v} | {n}")),

@@ -375,7 +375,10 @@ fn states() -> Vec<(&'static str, Vec<u8>)> {
     let job = |token, out_fence, doomed| JobState {
         token,
         out_fence,
-        bos: vec![(1, VIRTIO_ACCEL_ACCESS_READ), (2, VIRTIO_ACCEL_ACCESS_WRITE)],
+        bos: vec![
+            (1, VIRTIO_ACCEL_ACCESS_READ),
+            (2, VIRTIO_ACCEL_ACCESS_WRITE),
+        ],
         waits: vec![],
         cmd: copy.encode(),
         doomed,
@@ -389,7 +392,10 @@ fn states() -> Vec<(&'static str, Vec<u8>)> {
         completed: 1,
         lost,
         bos: vec![bo(1, 0x10000), bo(2, 0x20000)],
-        jobs: vec![job(7, 2, None), job(8, 3, Some(VIRTIO_ACCEL_RESP_ERR_CANCELED))],
+        jobs: vec![
+            job(7, 2, None),
+            job(8, 3, Some(VIRTIO_ACCEL_RESP_ERR_CANCELED)),
+        ],
     };
     let answer = Response::Submit(RespSubmit {
         hdr: Hdr::new(VIRTIO_ACCEL_RESP_OK, 1),
@@ -423,9 +429,13 @@ fn states() -> Vec<(&'static str, Vec<u8>)> {
         ("one_context", body(state(vec![ctx(1, None)]))),
         (
             "lost_context",
-            body(state(vec![ctx(1, None), ctx(2, Some(VIRTIO_ACCEL_LOST_HANG))])),
+            body(state(vec![
+                ctx(1, None),
+                ctx(2, Some(VIRTIO_ACCEL_LOST_HANG)),
+            ])),
         ),
     ]
+}
 
 /// Small ONNX models built here with the generated protobuf types: a CNN
 /// (Conv, BatchNormalization, Relu, MaxPool, Flatten, Gemm, Softmax) and a

@@ -60,7 +60,11 @@ fuzz_target!(|data: &[u8]| {
     let checked = dev.check_state(&state.device);
     match dev.restore(&state.device, &mem) {
         Err(_) => {
-            assert_eq!(dev.counts(), Default::default(), "a refused state left objects");
+            assert_eq!(
+                dev.counts(),
+                Default::default(),
+                "a refused state left objects"
+            );
             dev.restore_lost(&state.device, VIRTIO_ACCEL_LOST_RESET);
             let c = dev.counts();
             assert!(c.contexts <= limits.max_contexts as usize);

@@ -44,7 +44,7 @@ use crate::device::Device;
 use crate::lifecycle::{RingConfig, Rings, Start};
 use crate::memory::{GuestMem, MemStats, VmMemory};
 use crate::metrics::VmMetrics;
-use crate::queue::WriteArea;
+use crate::queue::{RingStats, WriteArea};
 use crate::sched::{Scheduler, VmSlot};
 use crate::vring::AccelVring;
 
@@ -113,6 +113,8 @@ struct Inner<B: Backend> {
     transfer: Mutex<Option<transfer::Transfer>>,
     /// A loaded device state, restored when the rings start.
     pending: Mutex<Option<transfer::Pending>>,
+    /// Bytes the ring code copied to and from guest memory.
+    ring_stats: RingStats,
 }
 
 /// Locks a mutex the VM owns; a poisoned one means the VM is broken.
@@ -168,6 +170,7 @@ impl<B: Backend> AccelBackend<B> {
                 vrings: OnceLock::new(),
                 transfer: Mutex::new(None),
                 pending: Mutex::new(None),
+                ring_stats: RingStats::default(),
             }),
         })
     }
@@ -179,6 +182,11 @@ impl<B: Backend> AccelBackend<B> {
 
     pub fn vm(&self) -> &Arc<VmSlot<B>> {
         &self.inner.vm
+    }
+
+    /// Bytes the ring code copied to and from this VM's memory.
+    pub fn ring_stats(&self) -> &RingStats {
+        &self.inner.ring_stats
     }
 
     /// Chains waiting for their job.

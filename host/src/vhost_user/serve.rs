@@ -105,7 +105,8 @@ impl<B: Backend> AccelBackend<B> {
                 tracing::warn!("queue {q}: avail entry names descriptor {head} of {size}");
                 continue;
             }
-            let mut split = queue::split(&mem, table, size, head, max);
+            let stats = &self.inner.ring_stats;
+            let mut split = queue::split(&mem, table, size, head, max, stats);
             let decoded = match &split.error {
                 Some(e) => {
                     tracing::debug!("queue {q}: malformed chain {head}: {e}");
@@ -160,7 +161,9 @@ impl<B: Backend> AccelBackend<B> {
                 }
             };
             let ctx = response.hdr().ctx_id.get();
-            let used = split.write.respond(&mem, &response.encode(), ctx);
+            let used = split
+                .write
+                .respond(&mem, &response.encode(), ctx, &stats.response_written);
             self.add_used(q, vring, head, used);
         }
         if queued {
@@ -185,7 +188,12 @@ impl<B: Backend> AccelBackend<B> {
             let Some(p) = lock(&self.inner.parked)?.remove(&c.token) else {
                 continue;
             };
-            let used = p.write.respond(&mem, &c.response.encode(), p.ctx_id);
+            let used = p.write.respond(
+                &mem,
+                &c.response.encode(),
+                p.ctx_id,
+                &self.inner.ring_stats.response_written,
+            );
             self.add_used(VIRTIO_ACCEL_VQ_SUBMIT, vring, p.head, used);
         }
         self.notify(VIRTIO_ACCEL_VQ_SUBMIT, vring);
@@ -236,13 +244,17 @@ impl<B: Backend> AccelBackend<B> {
                 self.device()?.unpop_event(ev);
                 continue;
             }
-            let split = queue::split(&mem, table, size, head, 0);
+            let stats = &self.inner.ring_stats;
+            let split = queue::split(&mem, table, size, head, 0, stats);
             // Only a whole event is written; `respond`'s short-buffer
             // fallback is a response header, not an event.
             let used = if split.error.is_none() && split.write.len() >= ev.as_bytes().len() {
-                split
-                    .write
-                    .respond(&mem, ev.as_bytes(), ev.hdr.ctx_id.get())
+                split.write.respond(
+                    &mem,
+                    ev.as_bytes(),
+                    ev.hdr.ctx_id.get(),
+                    &stats.event_written,
+                )
             } else {
                 0
             };

@@ -45,24 +45,25 @@ fn fairness(o: &Opts, r: &mut Report) {
     let big = mlp_of(10.0, 1);
     let small = mlp_of(0.5, 2);
     let (nb, ns) = (native_ms(&big), native_ms(&small));
+    let loads = [
+        Load {
+            workload: big.clone(),
+            depth: 8,
+        },
+        Load {
+            workload: small.clone(),
+            depth: 1,
+        },
+    ];
+    let (da, db) = (loads[0].depth, loads[1].depth);
     for (name, weights, target) in [("equal", [1, 1], 0.5), ("3:1", [3, 1], 0.75)] {
-        let loads = [
-            Load {
-                workload: big.clone(),
-                depth: 8,
-            },
-            Load {
-                workload: small.clone(),
-                depth: 1,
-            },
-        ];
         let shares: Vec<f64> = (0..rounds)
             .map(|_| contend(&config(), &weights, &loads, warm, secs).shares()[0])
             .collect();
         r.figure(
             &format!("fairness.{name}"),
             Figure::new(
-                format!("weights {name}: A ({nb:.2} ms jobs ×8) beside B ({ns:.2} ms ×1): A's device-time share"),
+                format!("weights {name}: A ({nb:.2} ms jobs ×{da}) beside B ({ns:.2} ms ×{db}): A's device-time share"),
                 Unit::Percent,
                 &shares,
             )
@@ -72,16 +73,17 @@ fn fairness(o: &Opts, r: &mut Report) {
     }
     // Eight VMs, job sizes log-spaced over 0.1–10 ms, two in flight each.
     let sizes: Vec<f64> = (0..8).map(|i| 0.1 * 100f64.powf(i as f64 / 7.0)).collect();
+    let depth = 2;
     let loads: Vec<Load> = sizes
         .iter()
         .enumerate()
         .map(|(i, &ms)| Load {
             workload: mlp_of(ms, 10 + i as u64),
-            depth: 2,
+            depth,
         })
         .collect();
     let js: Vec<f64> = (0..rounds)
-        .map(|_| jain(&contend(&config(), &[1; 8], &loads, warm, secs).shares()))
+        .map(|_| jain(&contend(&config(), &vec![1; loads.len()], &loads, warm, secs).shares()))
         .collect();
     r.figure(
         "fairness.eight_vms",
@@ -90,7 +92,7 @@ fn fairness(o: &Opts, r: &mut Report) {
                 "8 VMs, jobs {:.1}–{:.0} ms ×2, equal weights: Jain over device time",
                 sizes[0], sizes[7]
             ),
-            Unit::Of("index"),
+            Unit::Plain,
             &js,
         )
         .target(Target::AtLeast(0.99))
@@ -161,6 +163,7 @@ fn noisy_neighbour(o: &Opts, r: &mut Report) {
 }
 
 fn timeout(o: &Opts, r: &mut Report) {
+    const N: u32 = 2048;
     let rounds = if o.quick { 1 } else { 5 };
     let mut cfg = config();
     cfg.job_timeout_ms = 100;
@@ -172,7 +175,7 @@ fn timeout(o: &Opts, r: &mut Report) {
         let mut b = Guest::connect(d.socket(1), GuestOptions::default());
         let ca = a.ctx_create();
         let cb = b.ctx_create();
-        let req = a.broadcast_matmul(ca, 2048);
+        let req = a.broadcast_matmul(ca, N);
         let t = Instant::now();
         let p = a.submit_async(&req);
         while d.vm_stats(0).unwrap().counts.running == 0 {
@@ -203,7 +206,7 @@ fn timeout(o: &Opts, r: &mut Report) {
     r.figure(
         "timeout.lost_after",
         Figure::new(
-            format!("one 2048³ f32 MATMUL, timeout {limit} ms: device time when lost"),
+            format!("one {N}³ f32 MATMUL, timeout {limit} ms: device time when lost"),
             MS,
             &used_ms,
         )

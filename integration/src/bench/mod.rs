@@ -85,7 +85,8 @@ impl Opts {
 
 /// Figures as they are measured: the rows printed, the JSON written.
 pub struct Report {
-    pub figures: BTreeMap<String, Figure>,
+    /// By key, in the order measured.
+    pub figures: Vec<(String, Figure)>,
     /// Measurements kept beside the figures (counters, per-VM data).
     pub data: BTreeMap<String, Value>,
     pub rows: Vec<String>,
@@ -97,7 +98,7 @@ pub struct Report {
 impl Default for Report {
     fn default() -> Self {
         Report {
-            figures: BTreeMap::new(),
+            figures: Vec::new(),
             data: BTreeMap::new(),
             rows: Vec::new(),
             started: Instant::now(),
@@ -112,7 +113,7 @@ impl Report {
         let row = f.row();
         println!("  {row}");
         self.rows.push(row);
-        self.figures.insert(key.to_owned(), f);
+        self.figures.push((key.to_owned(), f));
     }
 
     /// Records how long a part took (kept in the JSON, printed).
@@ -149,7 +150,9 @@ impl Report {
         let mut machine = machine();
         machine["quick"] = json!(opts.quick);
         machine["seconds"] = json!(secs);
-        let out = json!({ "machine": machine, "figures": figures, "data": self.data });
+        let order: Vec<&String> = self.figures.iter().map(|(k, _)| k).collect();
+        let out =
+            json!({ "machine": machine, "figures": figures, "order": order, "data": self.data });
         std::fs::write(&opts.json, serde_json::to_string_pretty(&out).unwrap()).unwrap();
         println!("figures written to {}", opts.json);
         if self.failed {

@@ -96,7 +96,7 @@ pub fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
 }
 
 /// The units quantities are reported in (read back from JSON by name).
-pub const UNITS: &[&str] = &["µs", "ms", "jobs/s", "GB/s", "instructions", "B", "index"];
+pub const UNITS: &[&str] = &["µs", "ms", "jobs/s", "GB/s", "instructions", "B"];
 
 /// How a figure is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +105,8 @@ pub enum Unit {
     Times,
     /// A ratio, shown as a percentage.
     Percent,
+    /// A number with no unit (an index).
+    Plain,
     /// A quantity, shown with this unit.
     Of(&'static str),
 }
@@ -114,6 +116,7 @@ impl Unit {
         match self {
             Unit::Times => "x",
             Unit::Percent => "%",
+            Unit::Plain => "",
             Unit::Of(u) => u,
         }
     }
@@ -122,6 +125,7 @@ impl Unit {
         match s {
             "x" => Unit::Times,
             "%" => Unit::Percent,
+            "" => Unit::Plain,
             other => Unit::Of(UNITS.iter().find(|u| **u == other).copied().unwrap_or("?")),
         }
     }
@@ -131,6 +135,7 @@ impl Unit {
         match self {
             Unit::Times => format!("{}×", sig(v)),
             Unit::Percent => format!("{}%", sig(v * 100.0)),
+            Unit::Plain => sig(v),
             Unit::Of(u) => format!("{} {u}", sig(v)),
         }
     }
@@ -164,6 +169,29 @@ pub fn sig(v: f64) -> String {
     format!("{v:.decimals$}")
 }
 
+/// `v` with at most four significant digits and no trailing zeros: for
+/// targets, which are set, not measured.
+pub fn short(v: f64) -> String {
+    let s = sig(v);
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}
+
+impl Unit {
+    /// A target value in this unit.
+    fn target(self, v: f64) -> String {
+        match self {
+            Unit::Times => format!("{}×", short(v)),
+            Unit::Percent => format!("{}%", short(v * 100.0)),
+            Unit::Plain => short(v),
+            Unit::Of(u) => format!("{} {u}", short(v)),
+        }
+    }
+}
+
 /// What a figure should be.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Target {
@@ -183,9 +211,9 @@ impl Target {
 
     pub fn show(self, unit: Unit) -> String {
         match self {
-            Target::AtLeast(t) => format!("≥ {}", unit.fmt(t)),
-            Target::AtMost(t) => format!("≤ {}", unit.fmt(t)),
-            Target::Within(lo, hi) => format!("{}–{}", unit.bare(lo), unit.fmt(hi)),
+            Target::AtLeast(t) => format!("≥ {}", unit.target(t)),
+            Target::AtMost(t) => format!("≤ {}", unit.target(t)),
+            Target::Within(lo, hi) => format!("{} to {}", unit.target(lo), unit.target(hi)),
         }
     }
 

@@ -4,24 +4,21 @@
 
 use serde_json::Value;
 
-use super::stats::{Figure, Unit};
+use super::stats::Figure;
 
-/// Instruction counts agree when they are this close (they are not
-/// spread over rounds of time measurements but repeated whole).
-const COUNT_AGREEMENT: f64 = 0.01;
+/// The resolution below which two figures count as equal, as a fraction
+/// of the median: figures that hardly spread at all (instruction counts,
+/// a Jain index at 1.0000) would otherwise disagree by their last digit.
+pub const RESOLUTION: f64 = 0.005;
 
 /// Whether the runs' medians agree: each median lies inside every other
-/// run's interquartile range (counts: within [`COUNT_AGREEMENT`]).
+/// run's interquartile range, widened by [`RESOLUTION`].
 pub fn agree(figs: &[Figure]) -> bool {
-    if figs.iter().any(|f| f.unit == Unit::Of("instructions")) {
-        let m: Vec<f64> = figs.iter().map(|f| f.value.median).collect();
-        let lo = m.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = m.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        return hi / lo - 1.0 <= COUNT_AGREEMENT;
-    }
     figs.iter().all(|a| {
-        figs.iter()
-            .all(|b| a.value.median >= b.value.q1 && a.value.median <= b.value.q3)
+        figs.iter().all(|b| {
+            let e = RESOLUTION * b.value.median.abs();
+            a.value.median >= b.value.q1 - e && a.value.median <= b.value.q3 + e
+        })
     })
 }
 
@@ -79,13 +76,22 @@ pub fn render(files: &[String]) -> Result<String, String> {
     out += " runs agree | target | measured against |\n|---|";
     out += &"---|".repeat(runs.len() + 3);
     out += "\n";
-    let Some(keys) = runs[0]["figures"].as_object() else {
-        return Err(format!("{}: no figures", files[0]));
+    let keys: Vec<String> = match runs[0]["order"].as_array() {
+        Some(o) => o
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect(),
+        None => runs[0]["figures"]
+            .as_object()
+            .ok_or_else(|| format!("{}: no figures", files[0]))?
+            .keys()
+            .cloned()
+            .collect(),
     };
-    for key in keys.keys() {
+    for key in &keys {
         let figs: Vec<Figure> = runs
             .iter()
-            .filter_map(|r| Figure::from_json(&r["figures"][key]))
+            .filter_map(|r| Figure::from_json(&r["figures"][key.as_str()]))
             .collect();
         if figs.len() != runs.len() {
             continue;
@@ -105,5 +111,68 @@ pub fn render(files: &[String]) -> Result<String, String> {
             f0.floor
         );
     }
+    out += &bytes(&runs);
     Ok(out)
+}
+
+/// The bytes copied to or from guest memory per operation, by path (the
+/// `bytes.*` data), from the first run, noting any run that differs.
+fn bytes(runs: &[Value]) -> String {
+    let Some(data) = runs[0]["data"].as_object() else {
+        return String::new();
+    };
+    let ops: Vec<(&str, &Value)> = data
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("bytes.")?, v)))
+        .collect();
+    let Some((_, first)) = ops.first() else {
+        return String::new();
+    };
+    let paths: Vec<&String> = first
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    let mut out = String::from("\n| bytes per operation |");
+    for p in &paths {
+        out += &format!(" {} |", p.replace('_', " "));
+    }
+    out += " same in every run |\n|---|";
+    out += &"---|".repeat(paths.len() + 1);
+    out += "\n";
+    for (op, v) in ops {
+        out += &format!("| {op} |");
+        for p in &paths {
+            out += &format!(
+                " {} |",
+                v[p.as_str()]
+                    .as_f64()
+                    .map_or("?".into(), |n| format!("{n}"))
+            );
+        }
+        let same = runs.iter().all(|r| &r["data"][format!("bytes.{op}")] == v);
+        out += &format!(" {} |\n", if same { "yes" } else { "**no**" });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::stats::Unit;
+
+    fn fig(v: &[f64]) -> Figure {
+        Figure::new("x", Unit::Times, v)
+    }
+
+    #[test]
+    fn runs_agree_when_each_median_is_inside_the_others_iqr() {
+        let a = fig(&[1.0, 1.1, 1.2, 1.3, 1.4]);
+        let b = fig(&[1.1, 1.2, 1.25, 1.3, 1.5]);
+        assert!(agree(&[a.clone(), b.clone()]));
+        let far = fig(&[1.5, 1.6, 1.7, 1.8, 1.9]);
+        assert!(!agree(&[a, b, far]));
+        // Figures that do not spread agree within the resolution.
+        assert!(agree(&[fig(&[1000.0, 1000.0]), fig(&[1004.0, 1004.0])]));
+        assert!(!agree(&[fig(&[1000.0, 1000.0]), fig(&[1006.0, 1006.0])]));
+    }
 }

@@ -189,8 +189,21 @@ pub fn machine() -> Value {
             .and_then(|l| l.split(':').nth(1))
             .map(|v| v.trim().to_owned())
     };
-    let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty());
+    // Uncommitted changes to anything but the results and the README
+    // (which the full runs rewrite as they go).
+    let dirty = output(
+        "git",
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ":/",
+            ":(exclude,top)integration/benches/results",
+            ":(exclude,top)README.md",
+        ],
+    )
+    .is_some_and(|s| !s.is_empty());
     json!({
         "cpu_model": field("model name"),
         "cpu_mhz": field("cpu MHz"),

@@ -13,7 +13,8 @@
 # they measured.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=integration/benches/results
+# Absolute: cargo runs benchmarks from the package folder.
+out="$(pwd)/integration/benches/results"
 runs=${RUNS:-3}
 benches=${BENCHES:-accel sharing}
 mkdir -p "$out"

@@ -101,7 +101,7 @@ fn fairness(o: &Opts, r: &mut Report) {
 }
 
 fn noisy_neighbour(o: &Opts, r: &mut Report) {
-    let (warm, secs) = if o.quick { (0.1, 0.3) } else { (0.2, 0.6) };
+    let (warm, secs) = if o.quick { (0.1, 0.3) } else { (0.2, 1.0) };
     let big = Load {
         workload: mlp_of(10.0, 1),
         depth: 8,
@@ -164,7 +164,7 @@ fn noisy_neighbour(o: &Opts, r: &mut Report) {
 
 fn timeout(o: &Opts, r: &mut Report) {
     const N: u32 = 2048;
-    let rounds = if o.quick { 1 } else { 5 };
+    let rounds = o.rounds();
     let mut cfg = config();
     cfg.job_timeout_ms = 100;
     let (mut lost_ms, mut nop_max, mut nop_p99) = (Vec::new(), Vec::new(), Vec::new());

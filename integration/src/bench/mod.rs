@@ -8,6 +8,7 @@
 pub mod cost;
 pub mod load;
 pub mod pipe;
+pub mod place;
 pub mod stats;
 pub mod table;
 

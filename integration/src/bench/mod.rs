@@ -30,7 +30,7 @@ pub struct Opts {
     pub quick: bool,
     /// Where the figures go as JSON.
     pub json: String,
-    /// Run only the parts whose name contains this.
+    /// Run only the parts whose names contain one of these (commas).
     pub only: Option<String>,
     /// Print the markdown table of these runs' JSON instead of measuring.
     pub table: Vec<String>,
@@ -70,8 +70,12 @@ impl Opts {
         }
     }
 
+    /// Whether `part` is to run: `--only` names parts by any part of
+    /// their names, several separated by commas.
     pub fn runs(&self, part: &str) -> bool {
-        self.only.as_ref().is_none_or(|o| part.contains(o.as_str()))
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.split(',').any(|n| part.contains(n)))
     }
 
     /// Rounds of a paired comparison: at least 15 in a full run.

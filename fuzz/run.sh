@@ -41,7 +41,7 @@ fuzz() {
 
 if [ "${1:-ci}" = ci ]; then
     cargo fuzz build
-    for t in decode snpu device ring; do
+    for t in decode snpu device ring state onnx; do
         echo "fuzz: $t: replaying corpus/$t ($(find "corpus/$t" -type f | wc -l) inputs)"
         # shellcheck disable=SC2046
         fuzz "$t" "corpus/$t" -- -runs=0 $(limits "$t")

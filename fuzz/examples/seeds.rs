@@ -18,7 +18,18 @@ fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
 fn programs() -> Vec<(&'static str, Program, Vec<(u16, u8)>)> {
     let f = DType::F32;
     let t = |bo, dims: &[u32]| TensorDesc::dense(bo, f, 0, dims);
-    let rw = |n: u16| (n - 1, 3u8);
+    // The target reads access as `a % 3 + 1`: 2 is read and write.
+    let rw = |n: u16| (n - 1, 2u8);
+    let g = |stride: u32, pad: u32, dilation: u32| ConvGeom {
+        stride: [stride; 2],
+        pad: [pad; 4],
+        dilation: [dilation; 2],
+    };
+    let pg = |k: u32, s: u32, pad: [u32; 4]| PoolGeom {
+        kernel: [k; 2],
+        stride: [s; 2],
+        pad,
+    };
     vec![
         (
             "nop",
@@ -100,6 +111,95 @@ fn programs() -> Vec<(&'static str, Program, Vec<(u16, u8)>)> {
                 }],
             },
             vec![rw(200), rw(216), rw(12), rw(108)],
+        ),
+        (
+            "conv_grouped_dilated",
+            Program {
+                ops: vec![OpDesc::Conv {
+                    input: t(0, &[1, 4, 9, 9]),
+                    filter: t(1, &[6, 2, 3, 3]),
+                    bias: Some(t(2, &[6])),
+                    out: t(3, &[1, 6, 4, 4]),
+                    geom: g(2, 1, 2),
+                    relu: true,
+                }],
+            },
+            vec![rw(1296), rw(432), rw(24), rw(384)],
+        ),
+        (
+            "conv_depthwise_pointwise",
+            Program {
+                ops: vec![
+                    OpDesc::Conv {
+                        input: t(0, &[1, 4, 6, 6]),
+                        filter: t(1, &[4, 1, 3, 3]),
+                        bias: None,
+                        out: t(2, &[1, 4, 6, 6]),
+                        geom: g(1, 1, 1),
+                        relu: false,
+                    },
+                    OpDesc::Conv {
+                        input: t(2, &[1, 4, 6, 6]),
+                        filter: t(1, &[2, 4, 1, 1]),
+                        bias: None,
+                        out: t(3, &[1, 2, 6, 6]),
+                        geom: g(1, 0, 1),
+                        relu: true,
+                    },
+                ],
+            },
+            vec![rw(576), rw(144), rw(576), rw(288)],
+        ),
+        (
+            "pools",
+            Program {
+                ops: vec![
+                    OpDesc::MaxPool {
+                        input: t(0, &[1, 2, 8, 8]),
+                        out: t(1, &[1, 2, 4, 4]),
+                        geom: pg(3, 2, [0; 4]),
+                    },
+                    OpDesc::AvgPool {
+                        input: t(0, &[1, 2, 8, 8]),
+                        out: t(2, &[1, 2, 5, 5]),
+                        geom: pg(2, 2, [1; 4]),
+                        count_pad: true,
+                    },
+                    OpDesc::AvgPool {
+                        input: t(1, &[1, 2, 4, 4]),
+                        out: t(3, &[1, 2, 1, 1]),
+                        geom: pg(4, 1, [0; 4]),
+                        count_pad: false,
+                    },
+                ],
+            },
+            vec![rw(512), rw(128), rw(200), rw(8)],
+        ),
+        (
+            "clip_sigmoid_lrn",
+            Program {
+                ops: vec![
+                    OpDesc::Clip {
+                        input: t(0, &[1, 5, 3, 3]),
+                        out: t(1, &[1, 5, 3, 3]),
+                        min: 0.0,
+                        max: 6.0,
+                    },
+                    OpDesc::Sigmoid {
+                        input: t(1, &[1, 5, 3, 3]),
+                        out: t(1, &[1, 5, 3, 3]),
+                    },
+                    OpDesc::Lrn {
+                        input: t(1, &[1, 5, 3, 3]),
+                        out: t(2, &[1, 5, 3, 3]),
+                        size: 3,
+                        alpha: 1e-2,
+                        beta: 0.75,
+                        bias: 1.0,
+                    },
+                ],
+            },
+            vec![rw(180), rw(180), rw(180)],
         ),
     ]
 }
@@ -256,6 +356,239 @@ fn ring_image(chains: &[(u16, Vec<u8>, u32)]) -> Vec<u8> {
     mem
 }
 
+/// Device states as a destination reads them, without the header the
+/// `state` target puts before the fuzzer's bytes.
+fn states() -> Vec<(&'static str, Vec<u8>)> {
+    use vhost_device_accel::state::*;
+    let copy = Program {
+        ops: vec![OpDesc::Copy {
+            src: TensorDesc::dense(0, DType::F32, 0, &[256]),
+            dst: TensorDesc::dense(1, DType::F32, 0, &[256]),
+        }],
+    };
+    let bo = |handle, at| BoState {
+        handle,
+        size: 4096,
+        flags: 0,
+        backing: Some(vec![(at, 4096)]),
+    };
+    let job = |token, out_fence, doomed| JobState {
+        token,
+        out_fence,
+        bos: vec![
+            (1, VIRTIO_ACCEL_ACCESS_READ),
+            (2, VIRTIO_ACCEL_ACCESS_WRITE),
+        ],
+        waits: vec![],
+        cmd: copy.encode(),
+        doomed,
+        ran: false,
+    };
+    let ctx = |id, lost| ContextState {
+        id,
+        priority: VIRTIO_ACCEL_PRIORITY_NORMAL,
+        next_bo: 3,
+        last_submitted: 3,
+        completed: 1,
+        lost,
+        bos: vec![bo(1, 0x10000), bo(2, 0x20000)],
+        jobs: vec![
+            job(7, 2, None),
+            job(8, 3, Some(VIRTIO_ACCEL_RESP_ERR_CANCELED)),
+        ],
+    };
+    let answer = Response::Submit(RespSubmit {
+        hdr: Hdr::new(VIRTIO_ACCEL_RESP_OK, 1),
+        fence: 1.into(),
+        device_time_ns: 5.into(),
+    });
+    let state = |contexts| VmState {
+        npu_kind: VIRTIO_ACCEL_NPU_SIM,
+        cmd_format: VIRTIO_ACCEL_CMD_FORMAT_SNPU,
+        device: DeviceState {
+            features: 0b111,
+            next_ctx: 3,
+            contexts,
+            events: vec![EventState {
+                ctx: 2,
+                fence: 1,
+                reason: VIRTIO_ACCEL_LOST_HANG,
+            }],
+            answers: vec![AnswerState {
+                token: 6,
+                response: answer.encode(),
+            }],
+        },
+        rings: vec![],
+        parked: vec![],
+        next_token: 9,
+    };
+    let body = |s: VmState| s.encode().unwrap()[12..].to_vec();
+    vec![
+        ("empty", body(state(vec![]))),
+        ("one_context", body(state(vec![ctx(1, None)]))),
+        (
+            "lost_context",
+            body(state(vec![
+                ctx(1, None),
+                ctx(2, Some(VIRTIO_ACCEL_LOST_HANG)),
+            ])),
+        ),
+    ]
+}
+
+/// Small ONNX models built here with the generated protobuf types: a CNN
+/// (Conv, BatchNormalization, Relu, MaxPool, Flatten, Gemm, Softmax) and a
+/// graph of the other operators the compiler lowers.
+fn onnx_models() -> Vec<(&'static str, Vec<u8>)> {
+    use prost::Message;
+    use virtio_accel_guest::model::pb;
+    let f32s = |name: &str, dims: &[i64], v: Vec<f32>| pb::TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(1),
+        float_data: v,
+        ..Default::default()
+    };
+    let i64s = |name: &str, v: Vec<i64>| pb::TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(7),
+        int64_data: v,
+        ..Default::default()
+    };
+    let ints = |name: &str, v: &[i64]| pb::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(7),
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let int = |name: &str, v: i64| pb::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(2),
+        i: Some(v),
+        ..Default::default()
+    };
+    let node =
+        |op: &str, ins: &[&str], outs: &[&str], attrs: Vec<pb::AttributeProto>| pb::NodeProto {
+            op_type: Some(op.into()),
+            name: Some(format!("{op}_{}", outs[0])),
+            input: ins.iter().map(|s| s.to_string()).collect(),
+            output: outs.iter().map(|s| s.to_string()).collect(),
+            attribute: attrs,
+            ..Default::default()
+        };
+    let value = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| pb::tensor_shape_proto::Dimension {
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let model = |nodes, inits, dims: &[i64], out: &str| {
+        pb::ModelProto {
+            ir_version: Some(7),
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(11),
+            }],
+            graph: Some(pb::GraphProto {
+                name: Some("seed".into()),
+                node: nodes,
+                initializer: inits,
+                input: vec![value("x", dims)],
+                output: vec![value(out, &[])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let seq = |n: usize| {
+        (0..n)
+            .map(|i| (i % 7) as f32 * 0.1 - 0.3)
+            .collect::<Vec<_>>()
+    };
+    let cnn = model(
+        vec![
+            node(
+                "Conv",
+                &["x", "w", "b"],
+                &["c"],
+                vec![ints("pads", &[1, 1, 1, 1])],
+            ),
+            node(
+                "BatchNormalization",
+                &["c", "s", "t", "m", "v"],
+                &["n"],
+                vec![],
+            ),
+            node("Relu", &["n"], &["r"], vec![]),
+            node(
+                "MaxPool",
+                &["r"],
+                &["p"],
+                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+            ),
+            node("Flatten", &["p"], &["f"], vec![]),
+            node("Gemm", &["f", "g", "gb"], &["y"], vec![int("transB", 1)]),
+            node("Softmax", &["y"], &["z"], vec![]),
+        ],
+        vec![
+            f32s("w", &[4, 3, 3, 3], seq(108)),
+            f32s("b", &[4], seq(4)),
+            f32s("s", &[4], vec![1.0; 4]),
+            f32s("t", &[4], seq(4)),
+            f32s("m", &[4], seq(4)),
+            f32s("v", &[4], vec![0.5; 4]),
+            f32s("g", &[10, 64], seq(640)),
+            f32s("gb", &[10], seq(10)),
+        ],
+        &[1, 3, 8, 8],
+        "z",
+    );
+    let other = model(
+        vec![
+            node("ConstantOfShape", &["shape"], &["k"], vec![]),
+            node(
+                "Conv",
+                &["x", "k"],
+                &["c"],
+                vec![int("group", 2), ints("dilations", &[2, 2])],
+            ),
+            node("Sigmoid", &["c"], &["s"], vec![]),
+            node("Concat", &["c", "s"], &["cat"], vec![int("axis", 1)]),
+            node(
+                "Transpose",
+                &["cat"],
+                &["tr"],
+                vec![ints("perm", &[0, 2, 3, 1])],
+            ),
+            node("Reshape", &["tr", "rs"], &["r"], vec![]),
+            node("Clip", &["r"], &["cl"], vec![]),
+            node("Add", &["cl", "r"], &["a"], vec![]),
+            node("GlobalAveragePool", &["c"], &["gap"], vec![]),
+            node("Sum", &["a", "a", "a"], &["y"], vec![]),
+        ],
+        vec![i64s("shape", vec![2, 1, 3, 3]), i64s("rs", vec![1, -1])],
+        &[1, 2, 7, 7],
+        "y",
+    );
+    vec![("cnn", cnn), ("ops", other)]
+}
+
 fn main() {
     let dir = std::env::args()
         .nth(1)
@@ -307,4 +640,10 @@ fn main() {
     write(dir, "ring", "control_submit_event", &image);
     let image = ring_image(&[(0, enc("ctx_create"), 16), (1, enc("submit"), 32)]);
     write(dir, "ring", "ctx_and_submit", &image);
+    for (name, b) in states() {
+        write(dir, "state", name, &b);
+    }
+    for (name, bytes) in onnx_models() {
+        write(dir, "onnx", name, &bytes);
+    }
 }

@@ -68,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
         atomic.clone(),
         1,
         VmMetrics::detached(),
+        None,
     )
     .unwrap();
     let features = backend.features();

@@ -3,5 +3,6 @@
 
 pub mod accel;
 pub mod job;
+pub mod model;
 pub mod uapi;
 pub mod workloads;

@@ -113,6 +113,23 @@ impl VmConfig {
     }
 
     /// The name series and logs use.
+    /// The name of the VM's state file under `--state-dir`: its label,
+    /// with characters other than letters, digits, `.`, `_` and `-` as `_`.
+    pub fn state_file(&self) -> String {
+        let name: String = self
+            .label()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{name}.state")
+    }
+
     pub fn label(&self) -> String {
         self.name
             .clone()
@@ -161,6 +178,13 @@ pub struct Config {
     pub vm: Vec<VmConfig>,
     /// Size of each virtqueue the daemon accepts.
     pub queue_size: usize,
+    /// Where each VM's device state is kept, so that a restarted daemon
+    /// carries on (`--state-dir`); not kept without it.
+    pub state_dir: Option<PathBuf>,
+    /// Fault injection for restart tests: each VM's daemon process aborts
+    /// right after its Nth commit of answers to `--state-dir`, before it
+    /// writes them.
+    pub crash_after_commits: Option<u64>,
     pub sim: SimConfig,
 }
 
@@ -173,6 +197,8 @@ impl Default for Config {
             quantum_us: 1000,
             vm: Vec::new(),
             queue_size: 1024,
+            state_dir: None,
+            crash_after_commits: None,
             sim: SimConfig::default(),
         }
     }
@@ -228,7 +254,15 @@ impl Config {
             ));
         }
         let mut seen = std::collections::HashSet::new();
+        let mut files = std::collections::HashSet::new();
         for vm in &self.vm {
+            if self.state_dir.is_some() && !files.insert(vm.state_file()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: its state file {} is another VM's",
+                    vm.socket.display(),
+                    vm.state_file()
+                )));
+            }
             // Two VMs on one socket, or under one name, would share their
             // metrics series.
             if !seen.insert(vm.socket.display().to_string())

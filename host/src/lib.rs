@@ -12,6 +12,7 @@
 //! `ARCHITECTURE.md` says what each layer owns and what crosses each seam.
 
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod device;
 pub mod lifecycle;
@@ -21,6 +22,7 @@ pub mod queue;
 pub mod sched;
 pub mod server;
 pub mod state;
+pub mod state_dir;
 pub mod vhost_user;
 pub mod vring;
 

@@ -321,6 +321,31 @@ impl WriteArea {
         at == bytes.len()
     }
 
+    /// The bytes [`WriteArea::respond`] writes for `response`: the
+    /// response if it fits, else an `ERR_INVALID` header if that fits,
+    /// else nothing.
+    pub fn fit(&self, response: &[u8], ctx_id: u32) -> Vec<u8> {
+        if response.len() <= self.len {
+            return response.to_vec();
+        }
+        let hdr = Hdr::new(VIRTIO_ACCEL_RESP_ERR_INVALID, ctx_id);
+        if self.len >= hdr.as_bytes().len() {
+            return hdr.as_bytes().to_vec();
+        }
+        Vec::new()
+    }
+
+    /// Writes bytes [`WriteArea::fit`] chose; returns the used length, zero
+    /// when the area is not in guest memory. The bytes written are added to
+    /// `written`.
+    pub fn write(&self, mem: &GuestMem, bytes: &[u8], written: &AtomicU64) -> u32 {
+        if bytes.len() <= self.len && self.write_all(mem, bytes, written) {
+            bytes.len() as u32
+        } else {
+            0
+        }
+    }
+
     /// Writes a response; returns the used length. A response that does
     /// not fit is replaced by an `ERR_INVALID` header; when not even a
     /// header fits, or the area is not in guest memory, nothing is written.
@@ -332,17 +357,7 @@ impl WriteArea {
         ctx_id: u32,
         written: &AtomicU64,
     ) -> u32 {
-        if response.len() <= self.len {
-            if self.write_all(mem, response, written) {
-                return response.len() as u32;
-            }
-            return 0;
-        }
-        let hdr = Hdr::new(VIRTIO_ACCEL_RESP_ERR_INVALID, ctx_id);
-        if self.len >= hdr.as_bytes().len() && self.write_all(mem, hdr.as_bytes(), written) {
-            return hdr.as_bytes().len() as u32;
-        }
-        0
+        self.write(mem, &self.fit(response, ctx_id), written)
     }
 }
 

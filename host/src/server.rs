@@ -18,6 +18,7 @@ use crate::device::Counts;
 use crate::memory::GuestMem;
 use crate::metrics::DaemonMetrics;
 use crate::sched::Scheduler;
+use crate::state_dir::Store;
 use crate::vhost_user::{AccelBackend, COMPLETION_EVENT};
 use crate::vring;
 use std::os::fd::AsRawFd;
@@ -119,12 +120,19 @@ impl<B: Backend> Server<B> {
     pub fn serve_once(&self, vm: &VmConfig, listener: &mut Listener) -> Result<(), ServeError> {
         let path = vm.socket.as_path();
         let mem = GuestMemoryAtomic::new(GuestMem::new());
+        // A store that cannot be opened keeps nothing; the VM is served.
+        let store = self.config.state_dir.as_ref().and_then(|dir| {
+            Store::open(&dir.join(vm.state_file()))
+                .inspect_err(|e| tracing::error!("{e}; this VM's device state is not kept"))
+                .ok()
+        });
         let backend = AccelBackend::new(
             self.config.clone(),
             self.sched.clone(),
             mem.clone(),
             vm.weight,
             self.metrics.vm(&vm.label(), vm.weight, &self.config.limits),
+            store,
         )
         .map_err(ServeError::Backend)?;
         // The rings signal their starts on the VM's completion eventfd.

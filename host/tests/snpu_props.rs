@@ -5,7 +5,9 @@
 //! - validation never panics, and what it admits re-encodes identically;
 //! - a job validation admits runs without panicking, writes nothing
 //!   outside its buffers, and its working-memory figure does not overflow;
-//! - ADD/MUL with broadcast inputs compute what a plain loop computes.
+//! - ADD/MUL with broadcast inputs compute what a plain loop computes;
+//! - the strategies' CONV, pooling, LRN, CLIP and SIGMOID ops are valid
+//!   before mutation (so the mutations start from admitted programs).
 
 use proptest::prelude::*;
 use vhost_device_accel::backend::sim::{SimNpu, Tile};
@@ -111,6 +113,93 @@ fn valid_op() -> impl Strategy<Value = OpDesc> {
                     pad: [p; 4],
                 }
             }),
+        nn_op(),
+    ]
+}
+
+/// A well-formed CONV, pooling, CLIP, SIGMOID or LRN over small shapes.
+fn nn_op() -> impl Strategy<Value = OpDesc> {
+    let d = || 1u32..5;
+    prop_oneof![
+        (
+            (d(), 1u32..3, d(), d()),
+            (1u32..4, 1u32..3, 1u32..3),
+            (1u32..3, 0u32..3, 1u32..3),
+            any::<(bool, bool)>(),
+        )
+            .prop_map(|((n, g, h, w), (cg, ocg, k), (s, p, dl), (bias, relu))| {
+                let (c, oc) = (g * cg, g * ocg);
+                let reach = dl * (k - 1) + 1;
+                let (h, w) = ((h + reach).saturating_sub(2 * p).max(1), w + reach);
+                let o = |x: u32| (x + 2 * p).saturating_sub(reach) / s + 1;
+                OpDesc::Conv {
+                    input: dense(0, DType::F32, &[n, c, h, w]),
+                    filter: dense(1, DType::F32, &[oc, cg, k, k]),
+                    bias: bias.then(|| dense(2, DType::F32, &[oc])),
+                    out: dense(3, DType::F32, &[n, oc, o(h), o(w)]),
+                    geom: ConvGeom {
+                        stride: [s, s],
+                        pad: [p; 4],
+                        dilation: [dl, dl],
+                    },
+                    relu,
+                }
+            }),
+        (
+            (d(), d(), 2u32..9, 2u32..9),
+            (1u32..4, 1u32..3, 0u32..2),
+            any::<(u8, bool)>()
+        )
+            .prop_map(|((n, c, h, w), (k, s, p), (kind, ceil))| {
+                let p = p.min(k - 1);
+                let (h, w) = (h.max(k), w.max(k));
+                let o = |x: u32| {
+                    let room = x + 2 * p - k;
+                    let f = room / s + 1;
+                    let c = room.div_ceil(s) + 1;
+                    if ceil && (c - 1) * s < x + p {
+                        c
+                    } else {
+                        f
+                    }
+                };
+                let geom = PoolGeom {
+                    kernel: [k, k],
+                    stride: [s, s],
+                    pad: [p; 4],
+                };
+                let (input, out) = (
+                    dense(0, DType::F32, &[n, c, h, w]),
+                    dense(3, DType::F32, &[n, c, o(h), o(w)]),
+                );
+                match kind % 5 {
+                    0 => OpDesc::MaxPool { input, out, geom },
+                    1 | 2 => OpDesc::AvgPool {
+                        input,
+                        out,
+                        geom,
+                        count_pad: kind % 5 == 2,
+                    },
+                    3 => OpDesc::Lrn {
+                        out: dense(3, DType::F32, &[n, c, h, w]),
+                        input,
+                        size: k,
+                        alpha: 1e-2,
+                        beta: 0.75,
+                        bias: 1.0,
+                    },
+                    _ => OpDesc::Clip {
+                        out: dense(3, DType::F32, &[n, c, h, w]),
+                        input,
+                        min: -0.5,
+                        max: 0.5,
+                    },
+                }
+            }),
+        (d(), d()).prop_map(|(r, c)| OpDesc::Sigmoid {
+            input: dense(0, DType::F32, &[r, c]),
+            out: dense(3, DType::F32, &[r, c]),
+        }),
     ]
 }
 
@@ -136,6 +225,22 @@ fn tensors_mut(op: &mut OpDesc) -> Vec<&mut TensorDesc> {
             v.extend(bias.as_mut());
             v
         }
+        OpDesc::Conv {
+            input,
+            filter,
+            bias,
+            out,
+            ..
+        } => {
+            let mut v = vec![input, filter, out];
+            v.extend(bias.as_mut());
+            v
+        }
+        OpDesc::MaxPool { input, out, .. }
+        | OpDesc::AvgPool { input, out, .. }
+        | OpDesc::Clip { input, out, .. }
+        | OpDesc::Sigmoid { input, out }
+        | OpDesc::Lrn { input, out, .. } => vec![input, out],
     }
 }
 
@@ -270,6 +375,12 @@ fn check_program(
 }
 
 proptest! {
+    #[test]
+    fn unmutated_nn_ops_are_admitted(op in nn_op()) {
+        let p = Program { ops: vec![op] };
+        prop_assert_eq!(parse(&p.encode()), Ok(p));
+    }
+
     #[test]
     fn elementwise_broadcasts_match_a_plain_loop(
         rows in 1u32..6,

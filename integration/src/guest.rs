@@ -130,6 +130,8 @@ pub struct Guest {
     pub(crate) submits: HashMap<u16, (u64, u64)>,
     /// Submit completions collected while waiting for something else.
     pub(crate) done: Vec<(u16, Response)>,
+    /// Control chains answered while waiting for another: `(head, used)`.
+    pub(crate) control_done: Vec<(u16, u32)>,
 }
 
 /// The memory table a VMM sends for `mem`.
@@ -262,6 +264,7 @@ impl Guest {
             opts,
             submits: HashMap::new(),
             done: Vec::new(),
+            control_done: Vec::new(),
         };
         g.fill_eventq(8);
         g

@@ -9,8 +9,12 @@ pub mod daemon;
 pub mod echo;
 pub mod guest;
 pub mod lifecycle;
+pub mod model;
+pub mod process;
 pub mod ring;
+pub mod writer;
 
 pub use daemon::Daemon;
 pub use guest::{CmdSource, Guest, GuestBo, GuestOptions, Layout};
 pub use ring::{Desc, WaitMode};
+pub use writer::Writer;

@@ -12,7 +12,7 @@ use virtio_accel_protocol::*;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::guest::{handshake, region_infos, start_ring, Guest, VIRTIO_RING_F_EVENT_IDX};
-use crate::ring::Ring;
+use crate::ring::{Desc, Ring};
 
 impl Guest {
     /// A VM stop (QEMU `stop`): every ring disabled, then `GET_VRING_BASE`
@@ -150,4 +150,65 @@ impl Guest {
         }
         Ok(())
     }
+
+    /// Sends a control request without waiting for its answer.
+    pub fn post(&mut self, req: &Request) -> Posted {
+        let bytes = req.encode();
+        let resp_len = req.response_size();
+        let rq = Guest::alloc(self, bytes.len() as u64, 8);
+        let rs = Guest::alloc(self, resp_len as u64, 8);
+        self.mem.write_slice(&bytes, GuestAddress(rq)).unwrap();
+        let q = VIRTIO_ACCEL_VQ_CONTROL as usize;
+        let head = self.rings[q].add(
+            &self.mem,
+            &[
+                Desc {
+                    addr: rq,
+                    len: bytes.len() as u32,
+                    write: false,
+                },
+                Desc {
+                    addr: rs,
+                    len: resp_len as u32,
+                    write: true,
+                },
+            ],
+        );
+        self.rings[q].kick(&self.mem);
+        Posted {
+            head,
+            rq,
+            rs,
+            kind: req.hdr().type_.get(),
+        }
+    }
+
+    /// Waits for the answer to a posted control request.
+    pub fn wait_posted(&mut self, p: Posted) -> Response {
+        let q = VIRTIO_ACCEL_VQ_CONTROL as usize;
+        let len = loop {
+            if let Some(i) = self.control_done.iter().position(|&(h, _)| h == p.head) {
+                break self.control_done.remove(i).1;
+            }
+            let (mode, timeout) = (self.opts.wait, self.opts.timeout);
+            let (h, len) = self.rings[q]
+                .wait_used(&self.mem, mode, timeout)
+                .unwrap_or_else(|| panic!("control chain {} not answered", p.head));
+            self.control_done.push((h, len));
+        };
+        let mut b = vec![0u8; len as usize];
+        self.mem.read_slice(&mut b, GuestAddress(p.rs)).unwrap();
+        Guest::free(self, p.rq);
+        Guest::free(self, p.rs);
+        Response::decode(p.kind, &b).unwrap_or_else(|e| panic!("bad response ({len} bytes): {e}"))
+    }
+}
+
+/// A control request sent and not answered yet.
+#[derive(Debug)]
+pub struct Posted {
+    head: u16,
+    rq: u64,
+    rs: u64,
+    kind: u32,
 }

@@ -2,7 +2,8 @@
 # The real end-to-end test: two Linux guests under QEMU 11.1 (TCG), each with
 # the virtio-accel kernel driver, attached at the same time to one
 # vhost-device-accel daemon on the software NPU. Each guest runs accel-info,
-# accel-run (workloads checked against a CPU reference) and libdrm's
+# accel-run (workloads checked against a CPU reference), SqueezeNet through
+# `accel-run --model` against ONNX Runtime's output (model.sh), and libdrm's
 # drmGetVersion(), reloads the driver, then removes the device under running
 # jobs and unloads the driver. Three more guests, each on its own daemon:
 # one whose first job hangs (the context is reported lost); one running
@@ -116,6 +117,13 @@ chroot "$R" modprobe -d /tmp/stage -S "$KVER" --show-depends virtio_accel | awk 
         esac >"$I/lib/$b.ko"
         echo "$b"
     done >"$I/lib/load-order"
+# --- model check (model.sh): SqueezeNet and ONNX Runtime's output for it.
+bash "$TOP/integration/models/prepare.sh"
+MODELS=${VACCEL_MODELS_DIR:-$TOP/target/models}
+mkdir -p "$I/models"
+cp "$MODELS"/squeezenet_random.{onnx,input.npy,output.npy} "$I/models/"
+cp "$HERE/model.sh" "$I/bin/model.sh"
+# --- end of model check
 chroot "$R" sh -c 'cd /tmp/initramfs && find . | cpio -o -H newc --quiet' | gzip -1 >"$R/tmp/initrd.gz"
 cp "$K/usr/lib/modules/$KVER/vmlinuz" "$R/tmp/vmlinuz" 2>/dev/null ||
     cp "$K/boot/vmlinuz-$KVER" "$R/tmp/vmlinuz"
@@ -217,7 +225,7 @@ verdict() { # verdict NAME EXPECTED-PASSES
         tail -40 "$g"
     fi
 }
-for i in $(seq 0 $((VMS - 1))); do verdict "guest$i" 8; done
+for i in $(seq 0 $((VMS - 1))); do verdict "guest$i" 9; done
 verdict guest-hang 4
 verdict guest-hostile 17
 verdict guest-lifecycle 9

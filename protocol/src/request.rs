@@ -376,6 +376,19 @@ impl Request {
     /// `out_size`). A device acts on a request only when its writable part
     /// holds this many bytes; error responses use the same structure with
     /// zeroed fields (24 bytes for `IOCTL`).
+    /// The size of the whole response for a driver that negotiated the
+    /// device feature bits `features`.
+    pub fn response_size_for(&self, features: u64) -> usize {
+        match self {
+            Request::BoInfo(_) if features & (1 << VIRTIO_ACCEL_F_DEVICE_ADDR) != 0 => {
+                core::mem::size_of::<RespBoInfoExt>()
+            }
+            _ => self.response_size(),
+        }
+    }
+
+    /// The size of the whole response without feature bits that lengthen
+    /// responses.
     pub fn response_size(&self) -> usize {
         use core::mem::size_of;
         match self {

@@ -19,6 +19,8 @@ pub enum Response {
     Caps(RespCaps),
     BoCreate(RespBoCreate),
     BoInfo(RespBoInfo),
+    /// `BO_INFO` with `VIRTIO_ACCEL_F_DEVICE_ADDR`.
+    BoInfoExt(RespBoInfoExt),
     MapShm(RespMapShm),
     Fence(RespFence),
     Ioctl {
@@ -51,6 +53,11 @@ impl Response {
                 zero(v.padding.get(), "padding")?;
                 Response::BoCreate(v)
             }
+            VIRTIO_ACCEL_CMD_BO_INFO if bytes.len() == core::mem::size_of::<RespBoInfoExt>() => {
+                let v: RespBoInfoExt = r.read("RESP_BO_INFO_EXT")?;
+                zero(v.padding.get(), "padding")?;
+                Response::BoInfoExt(v)
+            }
             VIRTIO_ACCEL_CMD_BO_INFO => Response::BoInfo(r.read("RESP_BO_INFO")?),
             VIRTIO_ACCEL_CMD_BO_MAP_SHM => Response::MapShm(r.read("RESP_MAP_SHM")?),
             VIRTIO_ACCEL_CMD_FENCE_POLL => Response::Fence(r.read("RESP_FENCE")?),
@@ -82,6 +89,7 @@ impl Response {
             Response::Caps(v) => &v.hdr,
             Response::BoCreate(v) => &v.hdr,
             Response::BoInfo(v) => &v.hdr,
+            Response::BoInfoExt(v) => &v.base.hdr,
             Response::MapShm(v) => &v.hdr,
             Response::Fence(v) => &v.hdr,
             Response::Ioctl { resp, .. } => &resp.hdr,
@@ -100,6 +108,7 @@ impl Response {
             Response::Caps(v) => v.as_bytes().to_vec(),
             Response::BoCreate(v) => v.as_bytes().to_vec(),
             Response::BoInfo(v) => v.as_bytes().to_vec(),
+            Response::BoInfoExt(v) => v.as_bytes().to_vec(),
             Response::MapShm(v) => v.as_bytes().to_vec(),
             Response::Fence(v) => v.as_bytes().to_vec(),
             Response::Ioctl { resp, payload } => {
@@ -109,6 +118,22 @@ impl Response {
             }
             Response::Submit(v) => v.as_bytes().to_vec(),
         }
+    }
+
+    /// As [`Response::error`], for a driver that negotiated the device
+    /// feature bits `features` (some responses are longer with some bits).
+    pub fn error_for(req_type: u32, ctx_id: u32, status: u32, features: u64) -> Response {
+        if req_type == VIRTIO_ACCEL_CMD_BO_INFO && features & (1 << VIRTIO_ACCEL_F_DEVICE_ADDR) != 0
+        {
+            return Response::BoInfoExt(RespBoInfoExt {
+                base: RespBoInfo {
+                    hdr: Hdr::new(status, ctx_id),
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        }
+        Response::error(req_type, ctx_id, status)
     }
 
     /// The response to a request of type `req_type` that failed with

@@ -27,6 +27,15 @@ pub const VIRTIO_ACCEL_F_SHM_BLOB: u32 = 3;
 /// The configuration carries the per-driver quotas (`max_total_bo_bytes`,
 /// `max_job_memory`, `max_bos`, `max_backing_entries`) after `padding`.
 pub const VIRTIO_ACCEL_F_QUOTAS: u32 = 4;
+/// Backing entries must be page-aligned: address and length multiples of
+/// [`VIRTIO_ACCEL_PAGE_SIZE`] (a device forwarding to a host driver that
+/// imports guest memory page by page).
+pub const VIRTIO_ACCEL_F_PAGE_ALIGNED: u32 = 5;
+/// `BO_INFO` answers [`RespBoInfoExt`]: the buffer's address in the NPU's
+/// address space and its handle in the NPU driver.
+pub const VIRTIO_ACCEL_F_DEVICE_ADDR: u32 = 6;
+/// The page size of `VIRTIO_ACCEL_F_PAGE_ALIGNED`.
+pub const VIRTIO_ACCEL_PAGE_SIZE: u64 = 4096;
 
 /// Request types.
 pub const VIRTIO_ACCEL_CMD_GET_CAPS: u32 = 0x0100;
@@ -401,6 +410,33 @@ pub struct RespBoInfo {
     pub state: U32,
 }
 
+/// `BO_INFO` response with `VIRTIO_ACCEL_F_DEVICE_ADDR`: [`RespBoInfo`],
+/// then where the NPU sees the buffer.
+#[repr(C)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+pub struct RespBoInfoExt {
+    pub base: RespBoInfo,
+    /// The buffer's address in the NPU's address space; zero if it has
+    /// none (no backing yet, or an NPU without one).
+    pub device_addr: U64,
+    /// The NPU driver's handle of the buffer in the context's host file
+    /// (what native command streams and driver ioctls name); zero if none.
+    pub device_handle: U32,
+    pub padding: U32,
+}
+
 /// `BO_ATTACH_BACKING` request; followed by `nr_entries` [`MemEntry`].
 #[repr(C)]
 #[derive(
@@ -665,7 +701,7 @@ macro_rules! assert_size {
 }
 assert_size! {
     Hdr => 16, Config => 72, GetCaps => 24, RespCaps => 112, CtxCreate => 24,
-    BoCreate => 32, RespBoCreate => 32, BoReq => 24, RespBoInfo => 48,
+    BoCreate => 32, RespBoCreate => 32, BoReq => 24, RespBoInfo => 48, RespBoInfoExt => 64,
     BoAttachBacking => 24, MemEntry => 16, RespMapShm => 24, FencePoll => 24,
     RespFence => 24, Ioctl => 32, RespIoctl => 24, Submit => 56, SubmitBo => 8,
     FenceRef => 16, RespSubmit => 32, Event => 32,

@@ -46,6 +46,8 @@ fn every_status_feature_and_event_is_specified() {
             ),
             ("VIRTIO_ACCEL_F_SHM_BLOB", VIRTIO_ACCEL_F_SHM_BLOB),
             ("VIRTIO_ACCEL_F_QUOTAS", VIRTIO_ACCEL_F_QUOTAS),
+            ("VIRTIO_ACCEL_F_PAGE_ALIGNED", VIRTIO_ACCEL_F_PAGE_ALIGNED),
+            ("VIRTIO_ACCEL_F_DEVICE_ADDR", VIRTIO_ACCEL_F_DEVICE_ADDR),
         ]
         .iter()
         .map(|(n, v)| format!("{v} | {n}")),
@@ -70,9 +72,41 @@ fn every_snpu_opcode_is_specified() {
         (SNPU_OP_SOFTMAX, "SOFTMAX"),
         (SNPU_OP_MATMUL, "MATMUL"),
         (SNPU_OP_CONV2D, "CONV2D"),
+        (SNPU_OP_CONV, "CONV"),
+        (SNPU_OP_MAXPOOL, "MAXPOOL"),
+        (SNPU_OP_AVGPOOL, "AVGPOOL"),
+        (SNPU_OP_CLIP, "CLIP"),
+        (SNPU_OP_SIGMOID, "SIGMOID"),
+        (SNPU_OP_LRN, "LRN"),
     ] {
         let row = format!("| {v} | SNPU_OP_{n} |");
         assert!(s.contains(&row), "appendix lacks row `{row}`");
+        assert!(SNPU_OPS_ALL & (1 << v) != 0, "no ops bit for {n}");
+    }
+    // Every ops bit names a specified opcode.
+    for bit in 0..64 {
+        if SNPU_OPS_ALL & (1 << bit) != 0 {
+            assert!(
+                s.contains(&format!("| {bit} | SNPU_OP_")),
+                "ops bit {bit} has no appendix row"
+            );
+        }
+    }
+    for (v, n) in [
+        (SNPU_CONV_F_RELU, "SNPU_CONV_F_RELU"),
+        (SNPU_POOL_F_COUNT_PAD, "SNPU_POOL_F_COUNT_PAD"),
+    ] {
+        assert!(
+            s.contains(&format!("flag {v} (`{n}`)")),
+            "flag {n} unspecified"
+        );
+    }
+    for (name, ops) in [
+        ("CONV", "| CONV |"),
+        ("MAXPOOL", "| MAXPOOL, AVGPOOL, LRN |"),
+        ("CLIP", "| CLIP, SIGMOID |"),
+    ] {
+        assert!(s.contains(ops), "no working memory row for {name}");
     }
 }
 
@@ -139,5 +173,23 @@ fn the_rules_the_device_enforces_are_stated() {
         "writes nothing after",
     ] {
         assert!(s.contains(rule), "spec does not state: {rule}");
+    }
+}
+
+#[test]
+fn the_lifecycle_section_states_each_event() {
+    let s = spec();
+    for needle in [
+        "## 9 Lifecycle",
+        "### 9.1 Stop and start",
+        "### 9.2 Reset and disconnect",
+        "### 9.3 Reconnect after a device restart",
+        "### 9.4 Saving and loading the device state",
+        "MUST NOT read or write the\n  virtqueues or the driver's memory",
+        "MUST NOT take a chain it had taken before",
+        "VIRTIO_ACCEL_LOST_RESET",
+        "MUST mark every page it writes",
+    ] {
+        assert!(s.contains(needle), "spec lacks {needle:?}");
     }
 }

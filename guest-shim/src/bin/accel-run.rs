@@ -7,6 +7,11 @@
 //! `accel-run --hang`: against a device that hangs the first job, checks it
 //! is reported as a lost context. `accel-run --one-job`: runs one no-op job
 //! and prints its status.
+//!
+//! `accel-run --model PATH [--input FILE.npy] [--expect FILE.npy]
+//! [--runs N] [DEVICE]` runs an ONNX model instead: prints its top outputs
+//! and the time per inference, and with `--expect` compares the first
+//! output with a reference (within 1e-4 of the reference's range).
 
 use std::process::ExitCode;
 
@@ -162,6 +167,15 @@ fn one_job(dev: &Accel) -> Result<JobStatus, String> {
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--model") {
+        return match model::main(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("accel-run: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mode = args
         .first()
         .filter(|a| a.starts_with("--"))
@@ -231,5 +245,23 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+mod model {
+    use std::process::ExitCode;
+
+    use virtio_accel_guest::accel::Accel;
+    use virtio_accel_guest::model::cli;
+
+    pub fn main(args: &[String]) -> Result<ExitCode, String> {
+        let opts = cli::Opts::parse(args)?;
+        let mut npu = Accel::open(&opts.device).map_err(|e| format!("{}: {e}", opts.device))?;
+        let ok = cli::run(&mut npu, &opts, &mut std::io::stdout())?;
+        Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     }
 }

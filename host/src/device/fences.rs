@@ -121,6 +121,9 @@ impl<B: Backend> Device<B> {
                 }
                 out
             };
+            if !decisions.is_empty() {
+                self.dirty.contexts.insert(id);
+            }
             if let Some(c) = self.contexts.get_mut(&id) {
                 for (i, pending, never) in decisions {
                     if never {

@@ -58,6 +58,7 @@ impl<B: Backend> Device<B> {
     /// Answers the doomed jobs at the front of a context's queue, if no
     /// job of the context is running.
     pub(super) fn settle(&mut self, ctx_id: u32) {
+        self.dirty.contexts.insert(ctx_id);
         loop {
             let Some(c) = self.contexts.get_mut(&ctx_id) else {
                 return;
@@ -87,6 +88,7 @@ impl<B: Backend> Device<B> {
 
     /// Queues the response of a job that is over.
     fn answer(&mut self, ctx_id: u32, job: Job<B>, status: Status, ns: u64) {
+        self.dirty.contexts.insert(ctx_id);
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
         self.metrics.job_answered(status, job.queued_at.elapsed());
         self.completions.push(Completion {
@@ -127,6 +129,7 @@ impl<B: Backend> Device<B> {
             return None;
         }
         let mut job = c.queue.pop_front()?;
+        self.dirty.contexts.insert(ctx_id);
         let Some(prepared) = job.prepared.take() else {
             // Cannot happen: only doomed jobs lose theirs. Answer it.
             c.unbusy(&job);
@@ -142,6 +145,7 @@ impl<B: Backend> Device<B> {
     /// `time` of device time. A job the backend lost loses its context
     /// (`_HANG` or `_DEVICE_ERROR`), as does one past the job timeout.
     pub fn finish(&mut self, ctx_id: u32, id: JobId, end: JobEnd, time: Duration) {
+        self.dirty.contexts.insert(ctx_id);
         let ns = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
         let (mut status, lost) = match &end {
             JobEnd::Done { .. } => (VIRTIO_ACCEL_RESP_OK, None),
@@ -212,6 +216,7 @@ impl<B: Backend> Device<B> {
     /// its unsignalled fences are cancelled, and the driver is told by
     /// event.
     pub fn lose(&mut self, ctx_id: u32, reason: u32) {
+        self.dirty.contexts.insert(ctx_id);
         let Some(c) = self.contexts.get_mut(&ctx_id) else {
             return;
         };

@@ -23,7 +23,7 @@ mod jobs;
 mod saved;
 mod submit;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use virtio_accel_protocol::*;
@@ -90,6 +90,20 @@ pub struct Device<B: Backend> {
     stopped: bool,
     /// Bytes of command streams copied out of guest memory.
     pub cmd_stats: Arc<MemStats>,
+    /// What changed since [`Device::take_dirty`], for a state kept on disk.
+    dirty: Dirty,
+}
+
+/// What changed in the device model: contexts (their timelines, jobs,
+/// loss; gone if no longer there), buffers, events. Kept coarse: a request
+/// marks what it names, job events mark their context.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dirty {
+    /// Everything may have changed (a reset, a restore).
+    pub all: bool,
+    pub contexts: BTreeSet<u32>,
+    pub bos: BTreeSet<(u32, u32)>,
+    pub events: bool,
 }
 
 fn resp(req_type: u32, ctx: u32, status: Status) -> Response {
@@ -135,6 +149,7 @@ impl<B: Backend> Device<B> {
             events: VecDeque::new(),
             stopped: false,
             cmd_stats: Arc::new(MemStats::default()),
+            dirty: Dirty::default(),
         }
     }
 
@@ -169,6 +184,7 @@ impl<B: Backend> Device<B> {
     /// before it acknowledges the reset.
     pub fn reset(&mut self) {
         self.stopped = false;
+        self.dirty.all = true;
         self.abort_running();
         let all: Vec<(u32, Context<B>)> = std::mem::take(&mut self.contexts)
             .into_iter()
@@ -223,6 +239,11 @@ impl<B: Backend> Device<B> {
         );
     }
 
+    /// What changed since the last call.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
     pub fn counts(&self) -> Counts {
         Counts {
             contexts: self.contexts.len(),
@@ -253,6 +274,21 @@ impl<B: Backend> Device<B> {
         if is_submit != (queue == VIRTIO_ACCEL_VQ_SUBMIT) {
             return Outcome::Respond(resp(t, ctx, VIRTIO_ACCEL_RESP_ERR_INVALID));
         }
+        if ctx != 0 {
+            self.dirty.contexts.insert(ctx);
+        }
+        match &req {
+            Request::BoDestroy(q)
+            | Request::BoDetachBacking(q)
+            | Request::BoMapShm(q)
+            | Request::BoUnmapShm(q) => {
+                self.dirty.bos.insert((ctx, q.bo_handle.get()));
+            }
+            Request::BoAttachBacking { req, .. } => {
+                self.dirty.bos.insert((ctx, req.bo_handle.get()));
+            }
+            _ => {}
+        }
         let r = match req {
             Request::GetCaps(q) => self.get_caps(&q),
             Request::CtxCreate(q) => self.ctx_create(&q),
@@ -282,6 +318,12 @@ impl<B: Backend> Device<B> {
             },
         };
         let r = r.unwrap_or_else(|s| resp(t, ctx, s));
+        if let Response::BoCreate(b) = &r {
+            self.dirty.bos.insert((ctx, b.bo_handle.get()));
+        }
+        if t == VIRTIO_ACCEL_CMD_CTX_CREATE {
+            self.dirty.contexts.insert(r.hdr().ctx_id.get());
+        }
         self.metrics.request(t, r.hdr().type_.get());
         self.publish_counts();
         Outcome::Respond(r)

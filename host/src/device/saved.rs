@@ -85,21 +85,10 @@ impl<B: Backend> Device<B> {
     /// saved (it is over for the driver once its answer is written).
     pub fn snapshot(&self) -> DeviceState {
         DeviceState {
-            features: self.features,
-            next_ctx: self.next_ctx,
             contexts: self
                 .contexts
                 .iter()
                 .map(|(&id, c)| context_state(id, c))
-                .collect(),
-            events: self
-                .events
-                .iter()
-                .map(|e| EventState {
-                    ctx: e.hdr.ctx_id.get(),
-                    fence: e.fence.get(),
-                    reason: e.reason.get(),
-                })
                 .collect(),
             answers: self
                 .completions
@@ -109,6 +98,104 @@ impl<B: Backend> Device<B> {
                     response: c.response.encode(),
                 })
                 .collect(),
+            ..self.snapshot_meta()
+        }
+    }
+
+    /// A context as a state on disk keeps it: without its buffers (kept
+    /// one by one) and its jobs' command streams (kept with their chains).
+    /// `None` once it is gone (destroyed, even while its job runs).
+    pub fn context_record(&self, id: u32) -> Option<ContextState> {
+        let mut c = context_state(id, self.contexts.get(&id)?);
+        c.bos.clear();
+        for j in &mut c.jobs {
+            j.cmd.clear();
+        }
+        Some(c)
+    }
+
+    pub fn bo_record(&self, ctx: u32, handle: u32) -> Option<BoState> {
+        let b = self.contexts.get(&ctx)?.bos.get(&handle)?;
+        Some(BoState {
+            handle,
+            size: b.size,
+            flags: b.flags,
+            backing: b.attached.as_ref().map(|a| a.backing.ranges().to_vec()),
+        })
+    }
+
+    /// The command stream of the job answering chain `token`.
+    pub fn job_cmd(&self, token: u64) -> Option<Vec<u8>> {
+        self.contexts
+            .values()
+            .chain(self.zombies.values())
+            .flat_map(|c| c.running.iter().chain(c.queue.iter()))
+            .find(|j| j.token == token)
+            .map(|j| j.cmd.clone())
+    }
+
+    /// The out-fence of the job answering chain `token`.
+    pub fn job_fence(&self, token: u64) -> Option<u64> {
+        self.contexts
+            .values()
+            .chain(self.zombies.values())
+            .flat_map(|c| c.running.iter().chain(c.queue.iter()))
+            .find(|j| j.token == token)
+            .map(|j| j.out_fence)
+    }
+
+    /// Answers of jobs that are over, not taken for their rings yet:
+    /// `(token, encoded response)`.
+    pub fn pending_answers(&self) -> Vec<(u64, Vec<u8>)> {
+        self.completions
+            .iter()
+            .map(|c| (c.token, c.response.encode()))
+            .collect()
+    }
+
+    /// Answers chain `token`, a job of context `ctx` that was destroyed
+    /// while the job ran, as such a job is answered: cancelled.
+    pub fn answer_orphan(&mut self, token: u64, ctx: u32, fence: u64) {
+        self.completions.push(Completion {
+            token,
+            response: Response::Submit(RespSubmit {
+                hdr: Hdr::new(VIRTIO_ACCEL_RESP_ERR_CANCELED, ctx),
+                fence: fence.into(),
+                device_time_ns: 0.into(),
+            }),
+        });
+    }
+
+    /// Ids of the live contexts and the buffers of each.
+    pub fn object_ids(&self) -> Vec<(u32, Vec<u32>)> {
+        self.contexts
+            .iter()
+            .map(|(&id, c)| (id, c.bos.keys().copied().collect()))
+            .collect()
+    }
+
+    /// Device-wide fields: acknowledged features, the next context id,
+    /// pending events.
+    pub fn meta_record(&self) -> (u64, u32, Vec<EventState>) {
+        let s = self.snapshot_meta();
+        (s.features, s.next_ctx, s.events)
+    }
+
+    fn snapshot_meta(&self) -> DeviceState {
+        DeviceState {
+            features: self.features,
+            next_ctx: self.next_ctx,
+            contexts: Vec::new(),
+            events: self
+                .events
+                .iter()
+                .map(|e| EventState {
+                    ctx: e.hdr.ctx_id.get(),
+                    fence: e.fence.get(),
+                    reason: e.reason.get(),
+                })
+                .collect(),
+            answers: Vec::new(),
         }
     }
 
@@ -242,6 +329,7 @@ impl<B: Backend> Device<B> {
                 });
             }
         }
+        self.dirty.all = true;
         self.publish_counts();
         Ok(())
     }

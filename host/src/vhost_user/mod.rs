@@ -9,6 +9,7 @@
 //! only this thread touches the rings. What a stop, a start and a reset do
 //! is decided in [`crate::lifecycle`] and carried out here.
 
+mod persist;
 mod serve;
 mod transfer;
 
@@ -46,7 +47,10 @@ use crate::memory::{GuestMem, MemStats, VmMemory};
 use crate::metrics::VmMetrics;
 use crate::queue::{RingStats, WriteArea};
 use crate::sched::{Scheduler, VmSlot};
+use crate::state_dir::Store;
 use crate::vring::AccelVring;
+use persist::Persist;
+use transfer::Pending;
 
 /// The vrings of this device.
 pub type Vring = AccelVring<GuestMemoryAtomic<GuestMem>>;
@@ -112,7 +116,9 @@ struct Inner<B: Backend> {
     /// A device state moving in or out (migration).
     transfer: Mutex<Option<transfer::Transfer>>,
     /// A loaded device state, restored when the rings start.
-    pending: Mutex<Option<transfer::Pending>>,
+    pending: Mutex<Option<Pending>>,
+    /// The VM's device kept on disk (`--state-dir`).
+    persist: Option<Mutex<Persist>>,
     /// Bytes the ring code copied to and from guest memory.
     ring_stats: RingStats,
 }
@@ -136,13 +142,22 @@ impl<B: Backend> Clone for AccelBackend<B> {
 }
 
 impl<B: Backend> AccelBackend<B> {
+    /// One VM's device. With `store`, its state is kept there, and what a
+    /// previous daemon left in it is restored when the rings start.
     pub fn new(
         config: Config,
         sched: Arc<Scheduler<B>>,
         mem: GuestMemoryAtomic<GuestMem>,
         weight: u32,
         metrics: Arc<VmMetrics>,
+        store: Option<Store>,
     ) -> io::Result<AccelBackend<B>> {
+        let crash_after = config.crash_after_commits;
+        let persist = store.map(|s| Persist::new(s, crash_after));
+        let pending = persist
+            .as_ref()
+            .and_then(Persist::load)
+            .map(Pending::Restarted);
         let mem = VmMemory {
             mem,
             npu_stats: Arc::new(MemStats::default()),
@@ -169,7 +184,8 @@ impl<B: Backend> AccelBackend<B> {
                 rings: Mutex::new(Rings::default()),
                 vrings: OnceLock::new(),
                 transfer: Mutex::new(None),
-                pending: Mutex::new(None),
+                pending: Mutex::new(pending),
+                persist: persist.map(Mutex::new),
                 ring_stats: RingStats::default(),
             }),
         })
@@ -252,6 +268,7 @@ impl<B: Backend> AccelBackend<B> {
             self.reset_objects();
             rings.reset();
         }
+        self.forget();
     }
 
     /// The work behind one epoll event.
@@ -273,8 +290,11 @@ impl<B: Backend> AccelBackend<B> {
         ];
         let start = rings.start(now);
         if start == Start::First {
-            if let Some(p) = lock(&self.inner.pending)?.take() {
-                self.restore_pending(p, now)?;
+            self.rings_started(&now);
+            match lock(&self.inner.pending)?.take() {
+                Some(Pending::Migrated(s)) => self.restore_migrated(s, now)?,
+                Some(Pending::Restarted(l)) => self.restore_restarted(l, now)?,
+                None => {}
             }
         }
         match start {

@@ -15,9 +15,49 @@ use super::{lock, AccelBackend, GlueError, Parked, Vring};
 use crate::backend::Backend;
 use crate::device::Outcome;
 use crate::memory::GuestMem;
-use crate::queue;
+use crate::queue::{self, WriteArea};
+
+/// A used entry to write: `bytes` into the chain's writable area (none
+/// for a used length of zero).
+pub(super) struct Answer {
+    pub head: u16,
+    pub write: WriteArea,
+    pub bytes: Vec<u8>,
+}
 
 impl<B: Backend> AccelBackend<B> {
+    /// Writes a pass's answers into queue `q` in order, once what led to
+    /// them is kept on disk (`--state-dir`), and notifies the driver.
+    pub(super) fn publish(
+        &self,
+        q: u16,
+        vring: &Vring,
+        mem: &GuestMem,
+        answers: Vec<Answer>,
+    ) -> Result<(), GlueError> {
+        if answers.is_empty() {
+            return Ok(());
+        }
+        self.persist(q, vring, &answers)?;
+        let written = self.written(q);
+        for a in &answers {
+            let used = a.write.write(mem, &a.bytes, written);
+            self.add_used(q, vring, a.head, used);
+        }
+        self.answered(q, vring, answers.len());
+        self.notify(q, vring);
+        Ok(())
+    }
+    /// The counter of bytes written into queue `q`'s buffers.
+    pub(super) fn written(&self, q: u16) -> &std::sync::atomic::AtomicU64 {
+        let stats = &self.inner.ring_stats;
+        if q == VIRTIO_ACCEL_VQ_EVENT {
+            &stats.event_written
+        } else {
+            &stats.response_written
+        }
+    }
+
     /// Tells the driver about used buffers, honouring EVENT_IDX.
     pub(super) fn notify(&self, q: u16, vring: &Vring) {
         let needed = if self.inner.event_idx.load(Ordering::Relaxed) {
@@ -99,6 +139,7 @@ impl<B: Backend> AccelBackend<B> {
         let max = self.inner.config.max_request_bytes();
         let limits = self.inner.config.decode_limits();
         let mut queued = false;
+        let mut answers = Vec::new();
         for head in heads {
             if head >= size {
                 // No used entry can name it; the chains after it go on.
@@ -151,6 +192,7 @@ impl<B: Backend> AccelBackend<B> {
                     match outcome {
                         Outcome::Queued => {
                             queued = true;
+                            self.chain_parked(token);
                             continue;
                         }
                         Outcome::Respond(r) => {
@@ -161,16 +203,20 @@ impl<B: Backend> AccelBackend<B> {
                 }
             };
             let ctx = response.hdr().ctx_id.get();
-            let used = split
-                .write
-                .respond(&mem, &response.encode(), ctx, &stats.response_written);
-            self.add_used(q, vring, head, used);
+            answers.push(Answer {
+                head,
+                bytes: split.write.fit(&response.encode(), ctx),
+                write: split.write,
+            });
         }
         if queued {
             self.inner.sched.kick();
         }
-        self.notify(q, vring);
-        Ok(())
+        if answers.is_empty() {
+            // Queued jobs still need their chains kept on disk.
+            self.persist(q, vring, &[])?;
+        }
+        self.publish(q, vring, &mem, answers)
     }
 
     /// Completes the submit chains whose jobs finished.
@@ -184,20 +230,19 @@ impl<B: Backend> AccelBackend<B> {
             return Ok(());
         }
         let mem = self.inner.vm.mem.mem.memory();
+        let mut answers = Vec::with_capacity(done.len());
         for c in done {
             let Some(p) = lock(&self.inner.parked)?.remove(&c.token) else {
                 continue;
             };
-            let used = p.write.respond(
-                &mem,
-                &c.response.encode(),
-                p.ctx_id,
-                &self.inner.ring_stats.response_written,
-            );
-            self.add_used(VIRTIO_ACCEL_VQ_SUBMIT, vring, p.head, used);
+            self.chain_done(c.token);
+            answers.push(Answer {
+                head: p.head,
+                bytes: p.write.fit(&c.response.encode(), p.ctx_id),
+                write: p.write,
+            });
         }
-        self.notify(VIRTIO_ACCEL_VQ_SUBMIT, vring);
-        Ok(())
+        self.publish(VIRTIO_ACCEL_VQ_SUBMIT, vring, &mem, answers)
     }
 
     /// Moves pending events into eventq buffers.
@@ -207,7 +252,7 @@ impl<B: Backend> AccelBackend<B> {
             return Ok(());
         }
         let mem = self.inner.vm.mem.mem.memory();
-        let mut delivered = false;
+        let mut answers = Vec::new();
         // At most a queue's worth of buffers per call: a driver that keeps
         // offering unusable buffers cannot hold this thread here.
         let mut budget = usize::from(vring.get_ref().get_queue().size());
@@ -248,32 +293,29 @@ impl<B: Backend> AccelBackend<B> {
             let split = queue::split(&mem, table, size, head, 0, stats);
             // Only a whole event is written; `respond`'s short-buffer
             // fallback is a response header, not an event.
-            let used = if split.error.is_none() && split.write.len() >= ev.as_bytes().len() {
-                split.write.respond(
-                    &mem,
-                    ev.as_bytes(),
-                    ev.hdr.ctx_id.get(),
-                    &stats.event_written,
-                )
+            let fits = split.error.is_none() && split.write.len() >= ev.as_bytes().len();
+            let bytes = if fits {
+                ev.as_bytes().to_vec()
             } else {
-                0
+                Vec::new()
             };
-            self.add_used(Q, vring, head, used);
-            delivered = true;
-            if used == 0 {
+            answers.push(Answer {
+                head,
+                write: split.write,
+                bytes,
+            });
+            if !fits {
                 // Unusable buffer: the event waits for the next one.
                 self.device()?.unpop_event(ev);
             }
         }
+        self.publish(Q, vring, &mem, answers)?;
         // With EVENT_IDX, publish how far the device has read so the
         // driver notifies it when it adds buffers; without this its
         // refills after the first events are never kicked.
         vring
             .enable_notification()
             .map_err(|e| GlueError::Ring(Q, e))?;
-        if delivered {
-            self.notify(Q, vring);
-        }
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use vhost::vhost_user::message::{VhostTransferStateDirection, VhostTransferState
 use virtio_accel_protocol::*;
 use vm_memory::GuestAddressSpace;
 
+use super::persist::ring_state;
 use super::{lock, AccelBackend, GlueError, Parked};
 use crate::backend::Backend;
 use crate::lifecycle::RingConfig;
@@ -34,19 +35,11 @@ pub(super) enum Transfer {
 }
 
 /// A state waiting for the rings to start.
-pub(super) struct Pending {
-    pub state: VmState,
-}
-
-fn ring_state(c: RingConfig) -> RingState {
-    RingState {
-        size: c.size,
-        desc: c.desc,
-        avail: c.avail,
-        used: c.used,
-        next_avail: c.next_avail,
-        next_used: c.next_used,
-    }
+pub(super) enum Pending {
+    /// Loaded by the frontend (a migration).
+    Migrated(VmState),
+    /// Left on disk by a previous daemon (`--state-dir`).
+    Restarted(crate::state_dir::Loaded),
 }
 
 /// The result of a transfer thread; a panic there is an error here.
@@ -165,7 +158,7 @@ impl<B: Backend> AccelBackend<B> {
                     "device state loaded: {} contexts; restored when the rings start",
                     state.device.contexts.len()
                 );
-                *lock(&self.inner.pending)? = Some(Pending { state });
+                *lock(&self.inner.pending)? = Some(Pending::Migrated(state));
                 Ok(())
             }
         }
@@ -174,12 +167,11 @@ impl<B: Backend> AccelBackend<B> {
     /// Puts a loaded state back now that every ring runs at `now`. Rings
     /// elsewhere than the state says mean the driver set the device up
     /// anew: the state is dropped.
-    pub(super) fn restore_pending(
+    pub(super) fn restore_migrated(
         &self,
-        p: Pending,
+        state: VmState,
         now: [Option<RingConfig>; VIRTIO_ACCEL_NUM_QUEUES],
     ) -> Result<(), GlueError> {
-        let state = p.state;
         let here: Vec<RingState> = now.iter().flatten().copied().map(ring_state).collect();
         if here != state.rings {
             tracing::warn!("the rings are not where the device state left them; state dropped");

@@ -19,6 +19,7 @@ pub use super::kernels::requantize;
 use super::kernels::{conv_rows_cols, Gemm, Grow};
 use super::ExecError;
 use crate::memory::BoMem;
+use nn::ConvShape;
 
 /// The most work one step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,8 @@ struct OpRun {
     patches: Vec<f32>,
     /// Lengths `out`, `acc` and `patches` are zeroed to.
     lens: [usize; 3],
+    /// CONV: the block of its patch matrix being built or multiplied.
+    block: u64,
     /// Within a row longer than a tile (im2col, softmax): elements done.
     sub: u64,
     /// Softmax within a long row: the pass (max, exponentials, division)
@@ -180,7 +183,12 @@ impl OpRun {
         let inputs = match &op {
             OpDesc::Nop | OpDesc::Copy { .. } => vec![],
             OpDesc::Relu { input, .. } => vec![(*input, conv_of(input))],
-            OpDesc::Softmax { input, .. } => vec![(*input, Conv::F32)],
+            OpDesc::Softmax { input, .. }
+            | OpDesc::MaxPool { input, .. }
+            | OpDesc::AvgPool { input, .. }
+            | OpDesc::Clip { input, .. }
+            | OpDesc::Sigmoid { input, .. }
+            | OpDesc::Lrn { input, .. } => vec![(*input, Conv::F32)],
             // Broadcast inputs are gathered collapsed.
             OpDesc::Add { a, b, .. } | OpDesc::Mul { a, b, .. } => {
                 vec![(collapsed(a), Conv::F32), (collapsed(b), Conv::F32)]
@@ -193,6 +201,12 @@ impl OpRun {
                 ],
             },
             OpDesc::Conv2d {
+                input,
+                filter,
+                bias,
+                ..
+            }
+            | OpDesc::Conv {
                 input,
                 filter,
                 bias,
@@ -218,6 +232,7 @@ impl OpRun {
             acc: Vec::new(),
             patches: Vec::new(),
             lens: [0; 3],
+            block: 0,
             sub: 0,
             pass: 0,
             max: f32::NEG_INFINITY,
@@ -281,7 +296,10 @@ impl OpRun {
                 Ok(false)
             }
             Phase::Prepare => {
-                self.im2col(tile)?;
+                match self.op {
+                    OpDesc::Conv { .. } => self.conv_prepare(tile)?,
+                    _ => self.im2col(tile)?,
+                }
                 Ok(false)
             }
             Phase::Compute => self.compute(bos, tile),
@@ -310,6 +328,16 @@ impl OpRun {
                 lo = out.elems();
                 next = Next::Prepare;
             }
+            OpDesc::Conv { out, .. } => {
+                let cs = ConvShape::of(&self.op).ok_or_else(|| failed("conv shape"))?;
+                lp = cs.patch_elems() as u64;
+                lo = out.elems();
+                self.block = 0;
+                next = Next::Prepare;
+            }
+            OpDesc::MaxPool { out, .. } | OpDesc::AvgPool { out, .. } | OpDesc::Lrn { out, .. } => {
+                lo = out.elems()
+            }
             _ => {}
         }
         self.patches = reserve(lp)?;
@@ -331,13 +359,23 @@ impl OpRun {
                 self.pos += n;
                 return Ok(self.pos == total);
             }
-            OpDesc::Relu { input, .. } => {
+            OpDesc::Relu { input, .. }
+            | OpDesc::Clip { input, .. }
+            | OpDesc::Sigmoid { input, .. } => {
                 let n = chunk(self.pos, input.elems(), tile.elems);
                 let v = self.arrays.first_mut().ok_or_else(|| failed("relu"))?;
                 let part = v
                     .get_mut(range(self.pos, n))
                     .ok_or_else(|| failed("relu"))?;
-                part.iter_mut().for_each(|x| *x = x.max(0.0));
+                match self.op {
+                    OpDesc::Clip { min, max, .. } => {
+                        part.iter_mut().for_each(|x| *x = x.max(min).min(max))
+                    }
+                    OpDesc::Sigmoid { .. } => {
+                        part.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp()))
+                    }
+                    _ => part.iter_mut().for_each(|x| *x = x.max(0.0)),
+                }
                 self.pos += n;
                 if self.pos == input.elems() {
                     self.next_phase(Phase::Store);
@@ -352,6 +390,10 @@ impl OpRun {
             }
             OpDesc::Add { a, b, out } => self.binary(&a, &b, &out, tile, |x, y| x + y)?,
             OpDesc::Mul { a, b, out } => self.binary(&a, &b, &out, tile, |x, y| x * y)?,
+            OpDesc::Conv { .. } => self.conv_compute()?,
+            OpDesc::MaxPool { .. } | OpDesc::AvgPool { .. } | OpDesc::Lrn { .. } => {
+                self.window_step(tile)?
+            }
             OpDesc::MatMul { .. } | OpDesc::Conv2d { .. } => {
                 let gemm = self.gemm.as_mut().ok_or_else(|| failed("gemm"))?;
                 let a = match self.op {
@@ -381,7 +423,10 @@ impl OpRun {
         let at = range(self.pos, n);
         let f32_bytes = |x: f32, b: &mut [u8]| b.copy_from_slice(&x.to_le_bytes());
         match self.op {
-            OpDesc::Relu { .. } | OpDesc::Softmax { .. } => {
+            OpDesc::Relu { .. }
+            | OpDesc::Softmax { .. }
+            | OpDesc::Clip { .. }
+            | OpDesc::Sigmoid { .. } => {
                 let v = self.arrays.first().and_then(|v| v.get(at));
                 let v = v.ok_or_else(|| failed("store"))?;
                 match out.dtype {
@@ -414,6 +459,11 @@ impl OpRun {
                 }
                 io::store(bos, &out, self.pos, v, 4, staging, f32_bytes)?;
             }
+            OpDesc::Conv { bias, relu, .. } => {
+                self.conv_finish(at.clone(), bias, relu)?;
+                let v = self.out.get(at).ok_or_else(|| failed("store"))?;
+                io::store(bos, &out, self.pos, v, 4, staging, f32_bytes)?;
+            }
             _ => {
                 let v = self.out.get(at).ok_or_else(|| failed("store"))?;
                 io::store(bos, &out, self.pos, v, 4, staging, f32_bytes)?;
@@ -424,6 +474,9 @@ impl OpRun {
     }
 }
 
+mod nn;
 mod ops;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_nn;

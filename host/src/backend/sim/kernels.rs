@@ -115,22 +115,10 @@ impl Gemm {
         acc: &mut [i32],
     ) -> Result<bool, ExecError> {
         let (m, k, n) = self.dims;
-        let (mb, kb, nb) = self.tile;
-        let (_, kt, nt) = self.counts;
-        let (mi, ni, ki) = (self.next / (nt * kt), (self.next / kt) % nt, self.next % kt);
-        let (m0, k0, n0) = (mi * mb, ki * kb, ni * nb);
-        let (m1, k1, n1) = ((m0 + mb).min(m), (k0 + kb).min(k), (n0 + nb).min(n));
         let va = ArrayView2::from_shape((m, k), a).map_err(shape_err)?;
         let vb = ArrayView2::from_shape((k, n), b).map_err(shape_err)?;
         let mut vc = ArrayViewMut2::from_shape((m, n), &mut *c).map_err(shape_err)?;
-        let beta = if k0 == 0 || self.int8 { 0.0 } else { 1.0 };
-        general_mat_mul(
-            1.0,
-            &va.slice(s![m0..m1, k0..k1]),
-            &vb.slice(s![k0..k1, n0..n1]),
-            beta,
-            &mut vc.slice_mut(s![m0..m1, n0..n1]),
-        );
+        let (m0, m1, n0, n1) = self.tile_f32(&va, &vb, &mut vc)?;
         if self.int8 {
             for i in m0..m1 {
                 let row = i * n;
@@ -146,7 +134,51 @@ impl Gemm {
             }
         }
         self.next += 1;
+        Ok(self.done())
+    }
+
+    /// Computes the next tile of an f32 GEMM over views of the planned
+    /// shapes; true once C is complete.
+    pub(super) fn step_views(
+        &mut self,
+        a: &ArrayView2<'_, f32>,
+        b: &ArrayView2<'_, f32>,
+        c: &mut ArrayViewMut2<'_, f32>,
+    ) -> Result<bool, ExecError> {
+        self.tile_f32(a, b, c)?;
+        self.next += 1;
+        Ok(self.done())
+    }
+
+    fn done(&self) -> bool {
         let (mt, kt, nt) = self.counts;
-        Ok(self.next >= mt * kt * nt)
+        self.next >= mt * kt * nt
+    }
+
+    /// The tile `next` of C (rows m0..m1, columns n0..n1), one K panel.
+    fn tile_f32(
+        &self,
+        a: &ArrayView2<'_, f32>,
+        b: &ArrayView2<'_, f32>,
+        c: &mut ArrayViewMut2<'_, f32>,
+    ) -> Result<(usize, usize, usize, usize), ExecError> {
+        let (m, k, n) = self.dims;
+        if a.dim() != (m, k) || b.dim() != (k, n) || c.dim() != (m, n) {
+            return Err(ExecError::Failed("gemm operands of another shape".into()));
+        }
+        let (mb, kb, nb) = self.tile;
+        let (_, kt, nt) = self.counts;
+        let (mi, ni, ki) = (self.next / (nt * kt), (self.next / kt) % nt, self.next % kt);
+        let (m0, k0, n0) = (mi * mb, ki * kb, ni * nb);
+        let (m1, k1, n1) = ((m0 + mb).min(m), (k0 + kb).min(k), (n0 + nb).min(n));
+        let beta = if k0 == 0 || self.int8 { 0.0 } else { 1.0 };
+        general_mat_mul(
+            1.0,
+            &a.slice(s![m0..m1, k0..k1]),
+            &b.slice(s![k0..k1, n0..n1]),
+            beta,
+            &mut c.slice_mut(s![m0..m1, n0..n1]),
+        );
+        Ok((m0, m1, n0, n1))
     }
 }

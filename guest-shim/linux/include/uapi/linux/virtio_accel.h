@@ -26,6 +26,11 @@
 #define VIRTIO_ACCEL_F_CROSS_CTX_FENCE	2
 #define VIRTIO_ACCEL_F_SHM_BLOB		3
 #define VIRTIO_ACCEL_F_QUOTAS		4
+#define VIRTIO_ACCEL_F_PAGE_ALIGNED	5
+#define VIRTIO_ACCEL_F_DEVICE_ADDR	6
+
+/* The page size of VIRTIO_ACCEL_F_PAGE_ALIGNED. */
+#define VIRTIO_ACCEL_PAGE_SIZE		4096
 
 /* Request types */
 #define VIRTIO_ACCEL_CMD_GET_CAPS		0x0100
@@ -257,6 +262,23 @@ struct virtio_accel_resp_bo_info {
 	__le64 shm_offset;
 	__le32 nr_entries;
 	__le32 state;
+};
+
+/**
+ * struct virtio_accel_resp_bo_info_ext - response to BO_INFO with
+ *	VIRTIO_ACCEL_F_DEVICE_ADDR
+ * @base: as without the feature
+ * @device_addr: the buffer's address in the NPU's address space; zero if none
+ * @device_handle: the NPU driver's handle of the buffer in the context's
+ *	host file, as native command streams and driver ioctls name it; zero if
+ *	none
+ * @padding: zero
+ */
+struct virtio_accel_resp_bo_info_ext {
+	struct virtio_accel_resp_bo_info base;
+	__le64 device_addr;
+	__le32 device_handle;
+	__le32 padding;
 };
 
 /**

@@ -13,17 +13,17 @@ fn run_on(op: OpDesc, init: &[Vec<u8>]) -> Vec<Vec<u8>> {
     out
 }
 
-fn f(v: &[f32]) -> Vec<u8> {
+pub(super) fn f(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn unf(b: &[u8]) -> Vec<f32> {
+pub(super) fn unf(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect()
 }
 
-fn t(bo: u32, dt: DType, dims: &[u32]) -> TensorDesc {
+pub(super) fn t(bo: u32, dt: DType, dims: &[u32]) -> TensorDesc {
     TensorDesc::dense(bo, dt, 0, dims)
 }
 
@@ -204,7 +204,12 @@ fn copy_gathers_a_strided_source() {
 }
 
 /// Runs `ops` with `tile`, one step per call when `stepwise`.
-fn run_all(ops: &[OpDesc], init: &[Vec<u8>], tile: Tile, stepwise: bool) -> (Vec<Vec<u8>>, u64) {
+pub(super) fn run_all(
+    ops: &[OpDesc],
+    init: &[Vec<u8>],
+    tile: Tile,
+    stepwise: bool,
+) -> (Vec<Vec<u8>>, u64) {
     let mem = GuestMem::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
     let stats = MemStats::default();
     let backings: Vec<Backing> = init

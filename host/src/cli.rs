@@ -1,0 +1,161 @@
+//! The `vhost-device-accel` command line: options, config file, and serving
+//! the VMs until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::VmConfig;
+use crate::{metrics, Config, Server};
+use clap::{Parser, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Driver {
+    /// The built-in software NPU.
+    Sim,
+}
+
+#[derive(Parser, Debug)]
+#[command(version, about = "virtio-accel vhost-user device backend")]
+struct Args {
+    /// Unix socket to serve one VM on, with weight 1; repeat for more VMs.
+    #[arg(long = "socket-path")]
+    socket_path: Vec<PathBuf>,
+    /// A VM with its share of the NPU: socket=PATH[,weight=N][,name=NAME].
+    /// Weights are relative (1 to 10000); the name labels its metrics.
+    #[arg(long = "vm", value_parser = VmConfig::parse)]
+    vm: Vec<VmConfig>,
+    /// Serve N VMs on sockets PREFIX0 .. PREFIX{N-1} (with --socket-prefix).
+    #[arg(long, requires = "socket_prefix")]
+    socket_count: Option<u32>,
+    /// Path prefix for --socket-count.
+    #[arg(long)]
+    socket_prefix: Option<String>,
+    /// NPU driver the device forwards jobs to.
+    #[arg(long, value_enum, default_value = "sim")]
+    driver: Driver,
+    /// TOML file with limits, workers, job timeout and fault injection.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Fail these jobs (1-based, counted over all VMs); software NPU only.
+    #[arg(long, value_delimiter = ',')]
+    fail_jobs: Vec<u64>,
+    /// Hang these jobs until the job timeout; software NPU only.
+    #[arg(long, value_delimiter = ',')]
+    hang_jobs: Vec<u64>,
+    /// Add this many microseconds to every job; software NPU only.
+    #[arg(long)]
+    latency_us: Option<u64>,
+    /// Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Keep each VM's device state in DIR, so that the daemon started
+    /// again with the same DIR carries on where this one stopped.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Fault injection: abort right after the Nth commit of answers to
+    /// the state directory, before they are written (restart tests).
+    #[arg(long, requires = "state_dir")]
+    crash_after_commits: Option<u64>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+/// Runs the daemon as its command line says.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(&args.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = match &args.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("vhost-device-accel: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default(),
+    };
+    let faults = &mut config.sim.faults;
+    faults.fail_jobs.extend(&args.fail_jobs);
+    faults.hang_jobs.extend(&args.hang_jobs);
+    if let Some(l) = args.latency_us {
+        faults.latency_us = l;
+    }
+    let mut vms = std::mem::take(&mut config.vm);
+    vms.extend(args.vm.iter().cloned());
+    vms.extend(args.socket_path.iter().cloned().map(VmConfig::new));
+    if let (Some(n), Some(prefix)) = (args.socket_count, &args.socket_prefix) {
+        vms.extend((0..n).map(|i| VmConfig::new(PathBuf::from(format!("{prefix}{i}")))));
+    }
+    config.vm = vms.clone();
+    if let Some(d) = &args.state_dir {
+        config.state_dir = Some(d.clone());
+    }
+    if args.crash_after_commits.is_some() {
+        config.crash_after_commits = args.crash_after_commits;
+    }
+    if let Some(d) = &config.state_dir {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            eprintln!("vhost-device-accel: state directory {}: {e}", d.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if vms.is_empty() {
+        eprintln!("vhost-device-accel: no VM to serve: give --socket-path, --vm or [[vm]]");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("vhost-device-accel: {e}");
+        return ExitCode::FAILURE;
+    }
+    let server = match args.driver {
+        Driver::Sim => Server::new_sim(config),
+    };
+    let server = match server {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vhost-device-accel: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(addr) = args.metrics_addr {
+        match metrics::serve(addr, server.metrics().clone()) {
+            Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
+            Err(e) => {
+                eprintln!("vhost-device-accel: metrics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vhost-device-accel: signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for vm in &vms {
+        tracing::info!("serving {} (weight {})", vm.socket.display(), vm.weight);
+        if let Err(e) = server.spawn(vm.clone()) {
+            eprintln!("vhost-device-accel: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!("signal {sig}: shutting down");
+    }
+    // Jobs are abandoned with the process; VMs see their sockets close.
+    for vm in &vms {
+        let _ = std::fs::remove_file(&vm.socket);
+    }
+    server.shutdown();
+    ExitCode::SUCCESS
+}

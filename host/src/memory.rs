@@ -118,14 +118,19 @@ impl Backing {
     }
 }
 
-/// Bytes the NPU moved through buffer memory; read by tests and benchmarks
-/// to prove the data path copies nothing beyond the NPU's own work.
+/// Bytes moved through buffer memory, counted where each copy happens;
+/// read by tests and benchmarks to account for every byte the data path
+/// copies.
 #[derive(Debug, Default)]
 pub struct MemStats {
-    /// Bytes the NPU read from buffers into its working memory.
+    /// Bytes read from buffers into host memory (the NPU's staging buffer,
+    /// or a command stream copied out of its buffer).
     pub npu_read: AtomicU64,
-    /// Bytes the NPU wrote into buffers (op outputs).
+    /// Bytes written into buffers from host memory (op outputs).
     pub npu_written: AtomicU64,
+    /// Bytes copied buffer to buffer with no host copy between (each read
+    /// once from guest memory and written once).
+    pub npu_copied: AtomicU64,
 }
 
 /// A buffer's bytes in guest memory, as a list of host-mapped segments.
@@ -249,7 +254,7 @@ impl<'m> BoMem<'m> {
             })
         })?;
         dst.stats
-            .npu_written
+            .npu_copied
             .fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
     }
@@ -329,5 +334,10 @@ mod tests {
             sa.copy_to(0x100, &sb, 0x200, 0xd00).is_err(),
             "destination too small"
         );
+        // Each path counts what it moved, a refused copy nothing.
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(n(&stats.npu_copied), 0xd00);
+        assert_eq!(n(&stats.npu_written), 0x1300 + 0xe00);
+        assert_eq!(n(&stats.npu_read), 0xd00);
     }
 }

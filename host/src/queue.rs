@@ -9,6 +9,8 @@
 //! bad index or a bad indirect table; here each of those is an error, so
 //! the chain is answered as malformed instead of as a shorter request.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use virtio_accel_protocol::{Hdr, VIRTIO_ACCEL_RESP_ERR_INVALID};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use zerocopy::IntoBytes;
@@ -62,6 +64,26 @@ impl ChainError {
     }
 }
 
+/// Bytes the ring code copied to or from one VM's guest memory, counted
+/// where each copy happens. The avail and used rings themselves are
+/// read and written by `virtio-queue` (2 bytes per chain popped, 8 per
+/// chain returned, plus their indices) and are not counted here.
+#[derive(Debug, Default)]
+pub struct RingStats {
+    /// Descriptor-table entries read while walking chains (16 bytes each).
+    pub desc_read: AtomicU64,
+    /// Request bytes copied out of device-readable descriptors.
+    pub request_read: AtomicU64,
+    /// Response bytes written into device-writable descriptors.
+    pub response_written: AtomicU64,
+    /// Event bytes written into eventq buffers.
+    pub event_written: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Ordering::Relaxed);
+}
+
 /// One descriptor as the device uses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Desc {
@@ -92,7 +114,13 @@ pub struct Split {
 /// virtio limit, indirect tables included) and no table is walked for more
 /// steps than it has entries, so a hostile chain costs at most about
 /// 2 × `size` descriptor reads.
-fn walk(mem: &GuestMem, table: u64, size: u16, head: u16) -> Result<Vec<Desc>, ChainError> {
+fn walk(
+    mem: &GuestMem,
+    table: u64,
+    size: u16,
+    head: u16,
+    stats: &RingStats,
+) -> Result<Vec<Desc>, ChainError> {
     let mut descs = Vec::new();
     let (mut tab, mut tab_size, mut idx) = (table, size, head);
     let mut indirect = false;
@@ -115,6 +143,7 @@ fn walk(mem: &GuestMem, table: u64, size: u16, head: u16) -> Result<Vec<Desc>, C
         let raw: [u8; 16] = mem
             .read_obj(GuestAddress(at))
             .map_err(|_| ChainError::BadTable(tab))?;
+        add(&stats.desc_read, raw.len());
         let addr = u64::from_le_bytes([
             raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
         ]);
@@ -152,13 +181,20 @@ fn walk(mem: &GuestMem, table: u64, size: u16, head: u16) -> Result<Vec<Desc>, C
 
 /// Takes the chain at `head` apart; never fails, so every chain with a
 /// valid head can be answered.
-pub fn split(mem: &GuestMem, table: u64, size: u16, head: u16, max: usize) -> Split {
+pub fn split(
+    mem: &GuestMem,
+    table: u64,
+    size: u16,
+    head: u16,
+    max: usize,
+    stats: &RingStats,
+) -> Split {
     let mut split = Split {
         request: Vec::new(),
         write: WriteArea::default(),
         error: None,
     };
-    let descs = match walk(mem, table, size, head) {
+    let descs = match walk(mem, table, size, head, stats) {
         Ok(d) => d,
         Err(e) => {
             split.error = Some(e);
@@ -217,6 +253,7 @@ pub fn split(mem: &GuestMem, table: u64, size: u16, head: u16, max: usize) -> Sp
             error.get_or_insert(ChainError::BadAddress { addr: addr.0, len });
             break;
         }
+        add(&stats.request_read, n);
         at += n;
     }
     split.request = request;
@@ -265,7 +302,7 @@ impl WriteArea {
         self.len = self.len.min(covered);
     }
 
-    fn write_all(&self, mem: &GuestMem, bytes: &[u8]) -> bool {
+    fn write_all(&self, mem: &GuestMem, bytes: &[u8], written: &AtomicU64) -> bool {
         let mut at = 0;
         for &(addr, len) in &self.descs {
             if at == bytes.len() {
@@ -278,6 +315,7 @@ impl WriteArea {
             if mem.write_slice(src, addr).is_err() {
                 return false;
             }
+            add(written, n);
             at += n;
         }
         at == bytes.len()
@@ -298,9 +336,10 @@ impl WriteArea {
     }
 
     /// Writes bytes [`WriteArea::fit`] chose; returns the used length, zero
-    /// when the area is not in guest memory.
-    pub fn write(&self, mem: &GuestMem, bytes: &[u8]) -> u32 {
-        if bytes.len() <= self.len && self.write_all(mem, bytes) {
+    /// when the area is not in guest memory. The bytes written are added to
+    /// `written`.
+    pub fn write(&self, mem: &GuestMem, bytes: &[u8], written: &AtomicU64) -> u32 {
+        if bytes.len() <= self.len && self.write_all(mem, bytes, written) {
             bytes.len() as u32
         } else {
             0
@@ -310,8 +349,15 @@ impl WriteArea {
     /// Writes a response; returns the used length. A response that does
     /// not fit is replaced by an `ERR_INVALID` header; when not even a
     /// header fits, or the area is not in guest memory, nothing is written.
-    pub fn respond(&self, mem: &GuestMem, response: &[u8], ctx_id: u32) -> u32 {
-        self.write(mem, &self.fit(response, ctx_id))
+    /// The bytes written are added to `written`.
+    pub fn respond(
+        &self,
+        mem: &GuestMem,
+        response: &[u8],
+        ctx_id: u32,
+        written: &AtomicU64,
+    ) -> u32 {
+        self.write(mem, &self.fit(response, ctx_id), written)
     }
 }
 
@@ -340,55 +386,55 @@ mod tests {
         desc(&m, 0, 0, 0x1000, 24, F_NEXT, 1);
         desc(&m, 0, 1, 0x1000, 0, F_NEXT, 2);
         desc(&m, 0, 2, 0x2000, 112, F_WRITE, 0);
-        let s = split(&m, 0, 16, 0, 4096);
+        let s = split(&m, 0, 16, 0, 4096, &RingStats::default());
         assert_eq!(s.error, Some(ChainError::ZeroLength));
         assert_eq!(s.write.len(), 112);
         // A loop.
         desc(&m, 0, 3, 0x1000, 24, F_NEXT, 3);
-        let s = split(&m, 0, 16, 3, 4096);
+        let s = split(&m, 0, 16, 3, 4096, &RingStats::default());
         assert_eq!(s.error, Some(ChainError::TooLong));
         assert!(s.write.is_empty());
         // Next outside the table.
         desc(&m, 0, 4, 0x1000, 24, F_NEXT, 16);
         assert!(matches!(
-            split(&m, 0, 16, 4, 4096).error,
+            split(&m, 0, 16, 4, 4096, &RingStats::default()).error,
             Some(ChainError::BadIndex { index: 16, .. })
         ));
         // Indirect with next, nested indirect, a table of 0 or odd size.
         desc(&m, 0, 5, 0x3000, 32, F_INDIRECT | F_NEXT, 2);
         assert_eq!(
-            split(&m, 0, 16, 5, 4096).error,
+            split(&m, 0, 16, 5, 4096, &RingStats::default()).error,
             Some(ChainError::IndirectWithNext)
         );
         desc(&m, 0x3000, 0, 0x3000, 32, F_INDIRECT, 0);
         desc(&m, 0, 6, 0x3000, 32, F_INDIRECT, 0);
         assert_eq!(
-            split(&m, 0, 16, 6, 4096).error,
+            split(&m, 0, 16, 6, 4096, &RingStats::default()).error,
             Some(ChainError::NestedIndirect)
         );
         desc(&m, 0, 7, 0x3000, 24, F_INDIRECT, 0);
         assert_eq!(
-            split(&m, 0, 16, 7, 4096).error,
+            split(&m, 0, 16, 7, 4096, &RingStats::default()).error,
             Some(ChainError::BadIndirect(24))
         );
         // A writable descriptor outside guest memory: nothing is written.
         desc(&m, 0, 8, 0x1000, 24, F_NEXT, 9);
         desc(&m, 0, 9, 0xfff0, 112, F_WRITE, 0);
-        let s = split(&m, 0, 16, 8, 4096);
+        let s = split(&m, 0, 16, 8, 4096, &RingStats::default());
         assert!(matches!(s.error, Some(ChainError::BadAddress { .. })));
         assert!(s.write.is_empty());
         // Read after write.
         desc(&m, 0, 10, 0x2000, 112, F_WRITE | F_NEXT, 11);
         desc(&m, 0, 11, 0x1000, 24, 0, 0);
         assert_eq!(
-            split(&m, 0, 16, 10, 4096).error,
+            split(&m, 0, 16, 10, 4096, &RingStats::default()).error,
             Some(ChainError::ReadAfterWrite)
         );
         // A good indirect chain.
         desc(&m, 0x4000, 0, 0x1000, 24, F_NEXT, 1);
         desc(&m, 0x4000, 1, 0x2000, 112, F_WRITE, 0);
         desc(&m, 0, 12, 0x4000, 32, F_INDIRECT, 0);
-        let s = split(&m, 0, 16, 12, 4096);
+        let s = split(&m, 0, 16, 12, 4096, &RingStats::default());
         assert_eq!(s.error, None);
         assert_eq!((s.request.len(), s.write.len()), (24, 112));
     }
@@ -406,14 +452,62 @@ mod tests {
             desc(&m, 0x5000, i, addr, len, flags, i + 1);
         }
         desc(&m, 0, 0, 0x5000, 16 * 16, F_INDIRECT, 0);
-        let s = split(&m, 0, 16, 0, 4096);
+        let s = split(&m, 0, 16, 0, 4096, &RingStats::default());
         assert_eq!(s.error, None);
         assert_eq!((s.request.len(), s.write.len()), (15, 112));
         // One more entry is a chain longer than the queue.
         desc(&m, 0x5000, 15, 0x1000, 1, F_NEXT, 16);
         desc(&m, 0x5000, 16, 0x2000, 112, F_WRITE, 0);
         desc(&m, 0, 0, 0x5000, 17 * 16, F_INDIRECT, 0);
-        assert_eq!(split(&m, 0, 16, 0, 4096).error, Some(ChainError::TooLong));
+        assert_eq!(
+            split(&m, 0, 16, 0, 4096, &RingStats::default()).error,
+            Some(ChainError::TooLong)
+        );
+    }
+
+    #[test]
+    fn every_byte_copied_is_counted_where_it_is_copied() {
+        let m = mem();
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        // Indirect: a table entry pointing at a table of three, the
+        // request in two pieces (24 + 8 bytes), a 112-byte response area.
+        desc(&m, 0x4000, 0, 0x1000, 24, F_NEXT, 1);
+        desc(&m, 0x4000, 1, 0x1100, 8, F_NEXT, 2);
+        desc(&m, 0x4000, 2, 0x2000, 112, F_WRITE, 0);
+        desc(&m, 0, 0, 0x4000, 48, F_INDIRECT, 0);
+        let st = RingStats::default();
+        let s = split(&m, 0, 16, 0, 4096, &st);
+        assert_eq!(s.error, None);
+        assert_eq!(n(&st.desc_read), 4 * 16);
+        assert_eq!(n(&st.request_read), 32);
+        // A request cut at max + 1 bytes counts only what was copied.
+        let st = RingStats::default();
+        split(&m, 0, 16, 0, 19, &st);
+        assert_eq!(n(&st.request_read), 20);
+        // A broken chain copies no request.
+        desc(&m, 0, 1, 0x1000, 24, F_NEXT, 1);
+        let st = RingStats::default();
+        assert_eq!(
+            split(&m, 0, 16, 1, 4096, &st).error,
+            Some(ChainError::TooLong)
+        );
+        assert_eq!(n(&st.request_read), 0);
+        // Responses: what was written, the short-buffer header, or nothing.
+        let written = AtomicU64::new(0);
+        assert_eq!(s.write.respond(&m, &[7u8; 40], 0, &written), 40);
+        assert_eq!(n(&written), 40);
+        assert_eq!(s.write.respond(&m, &[7u8; 200], 0, &written), 16);
+        assert_eq!(n(&written), 56);
+        let w = WriteArea {
+            descs: vec![(GuestAddress(0x20000), 64)],
+            len: 64,
+        };
+        assert_eq!(w.respond(&m, &[1u8; 32], 0, &written), 0);
+        assert_eq!(
+            n(&written),
+            56,
+            "a write outside guest memory counts nothing"
+        );
     }
 
     #[test]

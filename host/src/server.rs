@@ -38,14 +38,29 @@ pub enum ServeError {
     Npu(std::io::Error),
 }
 
-/// What one connected VM holds right now.
+/// What one connected VM holds right now, and every byte the daemon has
+/// copied to or from its guest memory since it connected, by path.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct VmStats {
     pub counts: Counts,
     pub parked_chains: usize,
-    pub npu_bytes_read: u64,
-    pub npu_bytes_written: u64,
+    /// Descriptor-table entries read walking chains.
+    pub desc_bytes_read: u64,
+    /// Requests copied out of chains (inline command streams included).
+    pub request_bytes_read: u64,
+    /// Responses written into chains.
+    pub response_bytes_written: u64,
+    /// Events written into eventq buffers.
+    pub event_bytes_written: u64,
+    /// Command streams copied out of buffers.
     pub cmd_bytes_copied: u64,
+    /// Buffer bytes read into the NPU's staging buffer.
+    pub npu_bytes_read: u64,
+    /// Buffer bytes written from the NPU's working memory.
+    pub npu_bytes_written: u64,
+    /// Bytes the NPU copied buffer to buffer (COPY), each read and written
+    /// once.
+    pub npu_bytes_copied: u64,
     /// NPU time the VM's jobs used.
     pub device_seconds: f64,
 }
@@ -197,12 +212,19 @@ impl<B: Backend> Server<B> {
                 let b = &h.0;
                 let vm = b.vm();
                 let dev = vm.device.lock().ok()?;
+                let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                let (ring, npu) = (b.ring_stats(), &vm.mem.npu_stats);
                 let s = VmStats {
                     counts: dev.counts(),
                     parked_chains: b.parked(),
-                    npu_bytes_read: vm.mem.npu_stats.npu_read.load(Ordering::Relaxed),
-                    npu_bytes_written: vm.mem.npu_stats.npu_written.load(Ordering::Relaxed),
-                    cmd_bytes_copied: dev.cmd_stats.npu_read.load(Ordering::Relaxed),
+                    desc_bytes_read: n(&ring.desc_read),
+                    request_bytes_read: n(&ring.request_read),
+                    response_bytes_written: n(&ring.response_written),
+                    event_bytes_written: n(&ring.event_written),
+                    cmd_bytes_copied: n(&dev.cmd_stats.npu_read),
+                    npu_bytes_read: n(&npu.npu_read),
+                    npu_bytes_written: n(&npu.npu_written),
+                    npu_bytes_copied: n(&npu.npu_copied),
                     device_seconds: vm.metrics.device_seconds(),
                 };
                 Some((p, s))

@@ -16,7 +16,8 @@ use vhost_device_accel::backend::sim::{SimNpu, Tile};
 use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
 use vhost_device_accel::Config;
 use virtio_accel_guest::model::{Compiled, Device, Loaded, Output, RunStats};
-use virtio_accel_integration::bench::{pct, Opts, Report};
+use virtio_accel_integration::bench::stats::quantile as pct;
+use virtio_accel_integration::bench::{Opts, Report};
 use virtio_accel_integration::model::{max_error, models_dir, read_npy_f32, HarnessNpu};
 use virtio_accel_integration::{Daemon, Guest, GuestOptions};
 use vm_memory::GuestAddress;
@@ -156,11 +157,11 @@ fn model(dir: &std::path::Path, name: &str, pairs: usize, r: &mut Report) {
     let (o1, o2) = (ort(dir, name, runs, 1), ort(dir, name, runs, 2));
     let (a, b, ratio, dev, o1, o2) = (iqr(&a), iqr(&b), iqr(&ratio), iqr(&dev), iqr(&o1), iqr(&o2));
     let c = &m.compiled;
-    r.rows.push(format!(
+    r.line(format!(
         "{name:<18} full path {:8.2} ms [IQR {:.2}-{:.2}] (NPU {:.2} ms, {} jobs) | in-process {:8.2} ms [{:.2}-{:.2}] | ratio {:.3} [IQR {:.3}-{:.3}], {pairs} pairs | ONNX Runtime 1 thread {:.2} ms [{:.2}-{:.2}], 2 threads {:.2} ms",
         a.1, a.0, a.2, dev.1, c.segments.len(), b.1, b.0, b.2, ratio.1, ratio.0, ratio.2, o1.1, o1.0, o1.2, o2.1
     ));
-    r.out.insert(
+    r.data.insert(
         name.into(),
         json!({
             "full_path_ms": {"p25": a.0, "median": a.1, "p75": a.2},

@@ -10,19 +10,23 @@
 //! repeated rounds (median and range), the slicing cost from paired,
 //! interleaved rounds (sliced, unsliced, unsliced, sliced, …).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vhost_device_accel::backend::sim::{Exec, Progress, SimNpu, Tile};
+use vhost_device_accel::backend::sim::{Exec, Progress, Tile};
 use vhost_device_accel::memory::MemStats;
 use vhost_device_accel::Config;
-use virtio_accel_guest::workloads::{self, Workload};
-use virtio_accel_integration::bench::{buffers, pct, spread, Opts, Report};
+use virtio_accel_guest::workloads;
+use virtio_accel_integration::bench::load::{contend, jain, Load};
+use virtio_accel_integration::bench::{
+    buffers, interleaved, mlp_of, native_ms, quantile, ratios, table, Figure, Opts, Report, Target,
+    Unit,
+};
 use virtio_accel_integration::*;
 use virtio_accel_protocol::*;
+
+const MS: Unit = Unit::Of("ms");
 
 /// The config every part uses: one engine.
 fn config() -> Config {
@@ -32,180 +36,135 @@ fn config() -> Config {
     }
 }
 
-/// Median time of `w` run whole on the calling thread.
-fn native_ms(w: &Workload) -> f64 {
-    let (mem, backings) = buffers(w);
-    let stats = MemStats::default();
-    let bos: Vec<_> = backings
-        .iter()
-        .map(|b| b.resolve(&mem, &stats).unwrap())
-        .collect();
-    let t: Vec<f64> = (0..9)
-        .map(|_| {
-            let t = Instant::now();
-            SimNpu::run_program(&w.program, &bos, Tile::WHOLE).unwrap();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    pct(&t, 0.5)
-}
-
-/// An MLP whose job takes about `ms` on this machine (calibrated in two
-/// steps: time is not quite linear in the batch).
-fn mlp_of(ms: f64, seed: u64) -> Workload {
-    let mut batch = 64u32;
-    for _ in 0..4 {
-        let t = native_ms(&workloads::mlp(seed, batch, 256, 256, 64));
-        let f = (ms / t).clamp(0.25, 4.0);
-        batch = ((f64::from(batch) * f).round() as u32).clamp(1, 65536);
-    }
-    workloads::mlp(seed, batch, 256, 256, 64)
-}
-
-/// Keeps `depth` jobs of `w` in flight on VM `i` until `stop`; returns
-/// each job's latency (submit to answer) in ms.
-fn drive(
-    d: &Daemon,
-    i: usize,
-    w: &Workload,
-    depth: usize,
-    go: &Barrier,
-    stop: &AtomicBool,
-) -> Vec<f64> {
-    let mut g = Guest::connect(d.socket(i), GuestOptions::default());
-    let c = g.ctx_create();
-    let l = g.load(c, w, Layout::Contiguous);
-    go.wait();
-    let mut sent = HashMap::new();
-    let (mut fence, mut lat) = (0u64, Vec::new());
-    while !stop.load(Ordering::Relaxed) {
-        while sent.len() < depth {
-            fence += 1;
-            let p = g.submit_async(&Guest::run_request(c, fence, w, &l));
-            sent.insert(p, Instant::now());
-        }
-        let (p, r) = g.wait_any_submit();
-        assert_eq!(r.status(), VIRTIO_ACCEL_RESP_OK);
-        lat.push(sent.remove(&p).unwrap().elapsed().as_secs_f64() * 1e3);
-    }
-    while !sent.is_empty() {
-        let (p, _) = g.wait_any_submit();
-        sent.remove(&p);
-    }
-    lat
-}
-
-/// Runs one load per VM for `secs` after a warm-up; returns each VM's
-/// device-time share of the window and its latencies.
-fn contend(weights: &[u32], loads: &[(Workload, usize)], secs: f64) -> (Vec<f64>, Vec<Vec<f64>>) {
-    let d = Arc::new(Daemon::start_weighted(config(), weights));
-    let go = Arc::new(Barrier::new(loads.len() + 1));
-    let stop = Arc::new(AtomicBool::new(false));
-    let hs: Vec<_> = loads
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, (w, depth))| {
-            let (d, go, stop) = (d.clone(), go.clone(), stop.clone());
-            std::thread::spawn(move || drive(&d, i, &w, depth, &go, &stop))
-        })
-        .collect();
-    go.wait();
-    std::thread::sleep(Duration::from_millis(200));
-    let dev = |i| d.vm_stats(i).map_or(0.0, |s| s.device_seconds);
-    let before: Vec<f64> = (0..loads.len()).map(dev).collect();
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    let after: Vec<f64> = (0..loads.len()).map(dev).collect();
-    stop.store(true, Ordering::Relaxed);
-    let lats = hs.into_iter().map(|h| h.join().unwrap()).collect();
-    let used: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    let total: f64 = used.iter().sum();
-    (used.iter().map(|u| u / total).collect(), lats)
-}
-
-fn jain(x: &[f64]) -> f64 {
-    let s: f64 = x.iter().sum();
-    s * s / (x.len() as f64 * x.iter().map(|v| v * v).sum::<f64>())
-}
-
 fn fairness(o: &Opts, r: &mut Report) {
-    let (rounds, secs) = if o.quick { (1, 0.3) } else { (5, 2.0) };
+    let (rounds, warm, secs) = if o.quick {
+        (1, 0.1, 0.3)
+    } else {
+        (7, 0.2, 1.0)
+    };
     let big = mlp_of(10.0, 1);
     let small = mlp_of(0.5, 2);
     let (nb, ns) = (native_ms(&big), native_ms(&small));
+    let loads = [
+        Load {
+            workload: big.clone(),
+            depth: 8,
+        },
+        Load {
+            workload: small.clone(),
+            depth: 1,
+        },
+    ];
+    let (da, db) = (loads[0].depth, loads[1].depth);
     for (name, weights, target) in [("equal", [1, 1], 0.5), ("3:1", [3, 1], 0.75)] {
-        let loads = [(big.clone(), 8), (small.clone(), 1)];
         let shares: Vec<f64> = (0..rounds)
-            .map(|_| contend(&weights, &loads, secs).0[0])
+            .map(|_| contend(&config(), &weights, &loads, warm, secs).shares()[0])
             .collect();
-        let (m, lo, hi) = spread(&shares);
-        r.rows.push(format!(
-            "weights {name:<5} A {nb:5.2} ms jobs ×8, B {ns:4.2} ms jobs ×1 | A's share {:5.1}% [{:5.1}–{:5.1}] over {rounds} rounds (target {:.0}% ± 5)",
-            m * 100.0, lo * 100.0, hi * 100.0, target * 100.0
-        ));
-        r.out.insert(
-            format!("fairness.{name}"),
-            json!({ "a_job_ms": nb, "b_job_ms": ns, "a_share": shares, "median": m, "target": target }),
+        r.figure(
+            &format!("fairness.{name}"),
+            Figure::new(
+                format!("weights {name}: A ({nb:.2} ms jobs ×{da}) beside B ({ns:.2} ms ×{db}): A's device-time share"),
+                Unit::Percent,
+                &shares,
+            )
+            .target(Target::Within(target - 0.05, target + 0.05))
+            .floor(format!("{:.0}% of one engine's time", target * 100.0)),
         );
     }
     // Eight VMs, job sizes log-spaced over 0.1–10 ms, two in flight each.
     let sizes: Vec<f64> = (0..8).map(|i| 0.1 * 100f64.powf(i as f64 / 7.0)).collect();
-    let loads: Vec<(Workload, usize)> = sizes
+    let depth = 2;
+    let loads: Vec<Load> = sizes
         .iter()
         .enumerate()
-        .map(|(i, &ms)| (mlp_of(ms, 10 + i as u64), 2))
+        .map(|(i, &ms)| Load {
+            workload: mlp_of(ms, 10 + i as u64),
+            depth,
+        })
         .collect();
     let js: Vec<f64> = (0..rounds)
-        .map(|_| jain(&contend(&[1; 8], &loads, secs).0))
+        .map(|_| jain(&contend(&config(), &vec![1; loads.len()], &loads, warm, secs).shares()))
         .collect();
-    let (m, lo, hi) = spread(&js);
-    r.rows.push(format!(
-        "8 VMs, jobs 0.1–10 ms, equal weights    | Jain index over device time {m:.4} [{lo:.4}–{hi:.4}] (target ≥ 0.99)"
-    ));
-    r.out.insert(
-        "fairness.eight_vms".into(),
-        json!({ "sizes_ms": sizes, "jain": js }),
+    r.figure(
+        "fairness.eight_vms",
+        Figure::new(
+            format!(
+                "8 VMs, jobs {:.1}–{:.0} ms ×2, equal weights: Jain over device time",
+                sizes[0], sizes[7]
+            ),
+            Unit::Plain,
+            &js,
+        )
+        .target(Target::AtLeast(0.99))
+        .floor("equal shares of one engine's time"),
     );
 }
 
 fn noisy_neighbour(o: &Opts, r: &mut Report) {
-    let (pairs, secs) = if o.quick { (1, 0.3) } else { (4, 2.0) };
-    let big = mlp_of(10.0, 1);
-    let small = mlp_of(0.5, 2);
-    let (mut solo, mut beside) = (Vec::new(), Vec::new());
-    let (mut solo50, mut beside50) = (Vec::new(), Vec::new());
-    for r in 0..pairs {
-        // Interleaved, order alternating: solo/beside, beside/solo, …
-        for first in [r % 2 == 0, r % 2 != 0] {
-            if first {
-                let (_, l) = contend(&[1], &[(small.clone(), 1)], secs);
-                solo.push(pct(&l[0], 0.99));
-                solo50.push(pct(&l[0], 0.5));
-            } else {
-                let (_, l) = contend(&[1, 1], &[(small.clone(), 1), (big.clone(), 8)], secs);
-                beside.push(pct(&l[0], 0.99));
-                beside50.push(pct(&l[0], 0.5));
-            }
-        }
-    }
-    let (s, slo, shi) = spread(&solo);
-    let (b, blo, bhi) = spread(&beside);
+    let (warm, secs) = if o.quick { (0.1, 0.3) } else { (0.2, 1.0) };
+    let big = Load {
+        workload: mlp_of(10.0, 1),
+        depth: 8,
+    };
+    let small = Load {
+        workload: mlp_of(0.5, 2),
+        depth: 1,
+    };
+    // Paired, interleaved: B alone, then B beside A (order alternating).
+    let got = interleaved(o.rounds(), 2, |i| {
+        let w = if i == 0 {
+            contend(&config(), &[1], std::slice::from_ref(&small), warm, secs)
+        } else {
+            contend(
+                &config(),
+                &[1, 1],
+                &[small.clone(), big.clone()],
+                warm,
+                secs,
+            )
+        };
+        (
+            quantile(&w.latency_ms[0], 0.99),
+            quantile(&w.latency_ms[0], 0.5),
+        )
+    });
+    let col = |i: usize, k: usize| -> Vec<f64> {
+        got[i]
+            .iter()
+            .map(|x| if k == 0 { x.0 } else { x.1 })
+            .collect()
+    };
+    let (solo, beside) = (col(0, 0), col(1, 0));
     let quantum_ms = config().quantum_us as f64 / 1e3;
-    r.rows.push(format!(
-        "noisy neighbour: B's p99 solo {s:5.2} ms [{slo:.2}–{shi:.2}], beside A {b:5.2} ms [{blo:.2}–{bhi:.2}] | +{:.2} ms (target ≤ 2 slices = {:.1} ms); p50 {:.2} → {:.2} ms",
-        b - s,
-        2.0 * quantum_ms,
-        spread(&solo50).0,
-        spread(&beside50).0,
-    ));
-    r.out.insert(
-        "noisy_neighbour".into(),
-        json!({ "solo_p99_ms": solo, "beside_p99_ms": beside, "solo_p50_ms": solo50, "beside_p50_ms": beside50, "slice_ms": quantum_ms }),
+    let added: Vec<f64> = beside.iter().zip(&solo).map(|(b, s)| b - s).collect();
+    r.figure(
+        "noisy_neighbour.p99_added",
+        Figure::new(
+            "noisy neighbour: B's p99 job latency beside A minus alone",
+            MS,
+            &added,
+        )
+        .target(Target::AtMost(2.0 * quantum_ms))
+        .floor("two scheduling quanta: what B may wait behind A's running slice")
+        .side("B alone p99", MS, &solo)
+        .side("B beside A p99", MS, &beside)
+        .side("B alone p50", MS, &col(0, 1))
+        .side("B beside A p50", MS, &col(1, 1)),
+    );
+    r.figure(
+        "noisy_neighbour.p99_ratio",
+        Figure::new(
+            "noisy neighbour: B's p99 job latency beside A / alone",
+            Unit::Times,
+            &ratios(&beside, &solo),
+        )
+        .floor("B alone on the NPU"),
     );
 }
 
 fn timeout(o: &Opts, r: &mut Report) {
-    let rounds = if o.quick { 1 } else { 5 };
+    const N: u32 = 2048;
+    let rounds = o.rounds();
     let mut cfg = config();
     cfg.job_timeout_ms = 100;
     let (mut lost_ms, mut nop_max, mut nop_p99) = (Vec::new(), Vec::new(), Vec::new());
@@ -216,7 +175,7 @@ fn timeout(o: &Opts, r: &mut Report) {
         let mut b = Guest::connect(d.socket(1), GuestOptions::default());
         let ca = a.ctx_create();
         let cb = b.ctx_create();
-        let req = a.broadcast_matmul(ca, 2048);
+        let req = a.broadcast_matmul(ca, N);
         let t = Instant::now();
         let p = a.submit_async(&req);
         while d.vm_stats(0).unwrap().counts.running == 0 {
@@ -240,24 +199,32 @@ fn timeout(o: &Opts, r: &mut Report) {
         // The op was A's only job: A's device time is the op's.
         used_ms.push(d.vm_stats(0).unwrap().device_seconds * 1e3);
         nop_max.push(lat.iter().copied().fold(0.0, f64::max));
-        nop_p99.push(pct(&lat, 0.99));
+        nop_p99.push(quantile(&lat, 0.99));
     }
-    let (l, _, _) = spread(&lost_ms);
-    let (u, ulo, uhi) = spread(&used_ms);
-    let (m, mlo, mhi) = spread(&nop_max);
-    let (p, plo, phi) = spread(&nop_p99);
     let q = cfg.quantum_us as f64 / 1e3;
-    let limit = cfg.job_timeout_ms;
-    r.rows.push(format!(
-        "2048³ MATMUL, timeout {limit} ms: lost after {u:6.1} ms [{ulo:.1}–{uhi:.1}] of its device time (target ≤ {limit} + 1 slice), {l:.1} ms wall beside B"
-    ));
-    r.rows.push(format!(
-        "  … B's NOPs meanwhile: p99 {p:.2} ms [{plo:.2}–{phi:.2}], max {m:.2} ms [{mlo:.2}–{mhi:.2}] (target ≤ 2 slices = {:.1} ms)",
-        2.0 * q
-    ));
-    r.out.insert(
-        "timeout".into(),
-        json!({ "lost_after_device_ms": used_ms, "lost_after_wall_ms": lost_ms, "b_nop_max_ms": nop_max, "b_nop_p99_ms": nop_p99, "timeout_ms": limit }),
+    let limit = cfg.job_timeout_ms as f64;
+    r.figure(
+        "timeout.lost_after",
+        Figure::new(
+            format!("one {N}³ f32 MATMUL, timeout {limit} ms: device time when lost"),
+            MS,
+            &used_ms,
+        )
+        .target(Target::AtMost(limit + q))
+        .floor("the timeout plus one slice")
+        .side("wall time, B beside it", MS, &lost_ms),
+    );
+    r.figure(
+        "timeout.b_nop_p99",
+        Figure::new("B's NOPs meanwhile: p99 latency", MS, &nop_p99)
+            .target(Target::AtMost(2.0 * q))
+            .floor("two slices: B waits at most one slice of A's op"),
+    );
+    r.figure(
+        "timeout.b_nop_max",
+        Figure::new("B's NOPs meanwhile: longest latency", MS, &nop_max)
+            .target(Target::AtMost(2.0 * q))
+            .floor("two slices: B waits at most one slice of A's op"),
     );
 }
 
@@ -265,7 +232,7 @@ fn timeout(o: &Opts, r: &mut Report) {
 /// between steps whether to go on as an engine does; its time in ms and
 /// the steps it took.
 fn run_once(
-    w: &Workload,
+    w: &workloads::Workload,
     bos: &[vhost_device_accel::memory::BoMem<'_>],
     tile: Tile,
 ) -> (f64, u64, f64) {
@@ -293,11 +260,11 @@ fn run_once(
 fn slicing_cost(o: &Opts, r: &mut Report) {
     let pairs = if o.quick { 10 } else { 200 };
     // About 1 ms (mostly whole tiles) and about 10 ms (many tiles).
-    for w in [
-        workloads::mlp(11, 128, 256, 512, 64),
-        workloads::conv2d(12, 56, 16, 48, 3, 1, 1),
-        workloads::mlp(13, 1024, 256, 1024, 256),
-        workloads::conv2d(14, 112, 32, 64, 3, 1, 1),
+    for (size, w) in [
+        ("small", workloads::mlp(11, 128, 256, 512, 64)),
+        ("small", workloads::conv2d(12, 56, 16, 48, 3, 1, 1)),
+        ("large", workloads::mlp(13, 1024, 256, 1024, 256)),
+        ("large", workloads::conv2d(14, 112, 32, 64, 3, 1, 1)),
     ] {
         let (mem, backings) = buffers(&w);
         let stats = MemStats::default();
@@ -325,32 +292,48 @@ fn slicing_cost(o: &Opts, r: &mut Report) {
             let s = s.0;
             ts.push(s);
             tw.push(u);
-            ratio.push(s / u - 1.0);
+            ratio.push(s / u);
         }
         let mut got = vec![0u8; w.output_len()];
         bos[w.output.0].read(w.output.1, &mut got).unwrap();
         w.check(&got).unwrap();
-        let (m, q1, q3) = (pct(&ratio, 0.5), pct(&ratio, 0.25), pct(&ratio, 0.75));
-        r.rows.push(format!(
-            "slicing cost, {:<7} | sliced ({steps:4} steps, longest p50 {:.2} ms p99 {:.2} ms) {:6.3} ms vs whole ops {:6.3} ms per job: {:+5.1}% (IQR {:+.1} – {:+.1}) over {pairs} paired jobs (target ≤ 2%)",
-            w.name,
-            pct(&longest, 0.5),
-            pct(&longest, 0.99),
-            pct(&ts, 0.5),
-            pct(&tw, 0.5),
-            m * 100.0,
-            q1 * 100.0,
-            q3 * 100.0
-        ));
-        r.out.insert(
-            format!("slicing_cost.{}_{:.0}ms", w.name, pct(&tw, 0.5)),
-            json!({ "steps": steps, "longest_step_ms": longest, "sliced_ms_p50": pct(&ts, 0.5), "whole_ms_p50": pct(&tw, 0.5), "ratio_minus_one_p50": m, "iqr": [q1, q3], "pairs": pairs }),
+        let key = format!("slicing_cost.{}_{size}", w.name);
+        r.figure(
+            &key,
+            Figure::new(
+                format!(
+                    "slicing cost, {} ~{:.0} ms ({steps} steps): sliced / whole-op time",
+                    w.name,
+                    quantile(&tw, 0.5)
+                ),
+                Unit::Times,
+                &ratio,
+            )
+            .target(Target::AtMost(1.02))
+            .floor("the same job run with no preemption points (whole ops)")
+            .side("sliced", MS, &ts)
+            .side("whole", MS, &tw)
+            .side("longest step", MS, &longest),
+        );
+        r.data.insert(
+            key,
+            json!({ "longest_step_p99_ms": quantile(&longest, 0.99), "pairs": pairs }),
         );
     }
 }
 
 fn main() {
     let opts = Opts::from_args("sharing");
+    if !opts.table.is_empty() {
+        match table::render(&opts.table) {
+            Ok(t) => print!("{t}"),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let mut report = Report::default();
     type Part = fn(&Opts, &mut Report);
     let parts: [(&str, Part); 4] = [
@@ -361,7 +344,9 @@ fn main() {
     ];
     for (name, part) in parts {
         if opts.runs(name) {
+            let t = Instant::now();
             part(&opts, &mut report);
+            report.time(name, t.elapsed().as_secs_f64());
         }
     }
     report.finish("virtio-accel NPU sharing, one engine", &opts);

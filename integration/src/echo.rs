@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_queue::QueueOwnedT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -118,11 +119,13 @@ impl VhostUserBackend for Echo {
     }
 }
 
-/// Starts an echo device serving connections on a new socket; returns its
-/// path.
+/// Starts an echo device serving connections on a new socket, one after
+/// another; returns its path. The socket stays bound between connections,
+/// so a guest that connects while the last one is torn down waits in the
+/// backlog instead of reaching a socket about to close.
 pub fn start(dir: &Path) -> PathBuf {
     let path = dir.join("echo.sock");
-    let p = path.clone();
+    let mut listener = Listener::new(&path, true).expect("bind the echo socket");
     std::thread::spawn(move || loop {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let echo = Echo {
@@ -132,8 +135,14 @@ pub fn start(dir: &Path) -> PathBuf {
         let Ok(mut daemon) = VhostUserDaemon::new("echo".into(), echo, mem) else {
             return;
         };
-        if daemon.serve(&p).is_err() {
+        let handlers = daemon.get_epoll_handlers();
+        if daemon.start(&mut listener).is_err() {
             return;
+        }
+        let _ = daemon.wait();
+        // The worker threads only leave their loop on the exit event.
+        for h in &handlers {
+            h.send_exit_event();
         }
     });
     crate::daemon::wait_for_socket(&path);

@@ -45,7 +45,7 @@ use crate::device::Device;
 use crate::lifecycle::{RingConfig, Rings, Start};
 use crate::memory::{GuestMem, MemStats, VmMemory};
 use crate::metrics::VmMetrics;
-use crate::queue::WriteArea;
+use crate::queue::{RingStats, WriteArea};
 use crate::sched::{Scheduler, VmSlot};
 use crate::state_dir::Store;
 use crate::vring::AccelVring;
@@ -119,6 +119,8 @@ struct Inner<B: Backend> {
     pending: Mutex<Option<Pending>>,
     /// The VM's device kept on disk (`--state-dir`).
     persist: Option<Mutex<Persist>>,
+    /// Bytes the ring code copied to and from guest memory.
+    ring_stats: RingStats,
 }
 
 /// Locks a mutex the VM owns; a poisoned one means the VM is broken.
@@ -184,6 +186,7 @@ impl<B: Backend> AccelBackend<B> {
                 transfer: Mutex::new(None),
                 pending: Mutex::new(pending),
                 persist: persist.map(Mutex::new),
+                ring_stats: RingStats::default(),
             }),
         })
     }
@@ -195,6 +198,11 @@ impl<B: Backend> AccelBackend<B> {
 
     pub fn vm(&self) -> &Arc<VmSlot<B>> {
         &self.inner.vm
+    }
+
+    /// Bytes the ring code copied to and from this VM's memory.
+    pub fn ring_stats(&self) -> &RingStats {
+        &self.inner.ring_stats
     }
 
     /// Chains waiting for their job.

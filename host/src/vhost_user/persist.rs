@@ -353,7 +353,8 @@ impl<B: Backend> AccelBackend<B> {
             let Some(v) = vrings.get(usize::from(i.queue)) else {
                 continue;
             };
-            let used = WriteArea::from_ranges(&i.write).write(&mem, &i.bytes);
+            let used =
+                WriteArea::from_ranges(&i.write).write(&mem, &i.bytes, self.written(i.queue));
             self.add_used(i.queue, v, i.head, used);
             if let Some(p) = &self.inner.persist {
                 lock(p)?.written.push((i.queue, i.pos));

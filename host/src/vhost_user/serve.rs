@@ -39,14 +39,25 @@ impl<B: Backend> AccelBackend<B> {
             return Ok(());
         }
         self.persist(q, vring, &answers)?;
+        let written = self.written(q);
         for a in &answers {
-            let used = a.write.write(mem, &a.bytes);
+            let used = a.write.write(mem, &a.bytes, written);
             self.add_used(q, vring, a.head, used);
         }
         self.answered(q, vring, answers.len());
         self.notify(q, vring);
         Ok(())
     }
+    /// The counter of bytes written into queue `q`'s buffers.
+    pub(super) fn written(&self, q: u16) -> &std::sync::atomic::AtomicU64 {
+        let stats = &self.inner.ring_stats;
+        if q == VIRTIO_ACCEL_VQ_EVENT {
+            &stats.event_written
+        } else {
+            &stats.response_written
+        }
+    }
+
     /// Tells the driver about used buffers, honouring EVENT_IDX.
     pub(super) fn notify(&self, q: u16, vring: &Vring) {
         let needed = if self.inner.event_idx.load(Ordering::Relaxed) {
@@ -135,7 +146,8 @@ impl<B: Backend> AccelBackend<B> {
                 tracing::warn!("queue {q}: avail entry names descriptor {head} of {size}");
                 continue;
             }
-            let mut split = queue::split(&mem, table, size, head, max);
+            let stats = &self.inner.ring_stats;
+            let mut split = queue::split(&mem, table, size, head, max, stats);
             let decoded = match &split.error {
                 Some(e) => {
                     tracing::debug!("queue {q}: malformed chain {head}: {e}");
@@ -277,7 +289,8 @@ impl<B: Backend> AccelBackend<B> {
                 self.device()?.unpop_event(ev);
                 continue;
             }
-            let split = queue::split(&mem, table, size, head, 0);
+            let stats = &self.inner.ring_stats;
+            let split = queue::split(&mem, table, size, head, 0, stats);
             // Only a whole event is written; `respond`'s short-buffer
             // fallback is a response header, not an event.
             let fits = split.error.is_none() && split.write.len() >= ev.as_bytes().len();

@@ -228,12 +228,13 @@ impl Engine {
         }
     }
 
-    /// The next queued job, taken onto this engine.
     /// The next queued job, taken onto this engine. An engine that just
     /// finished a job looks for the next one for [`POLL`] before it sleeps:
     /// a guest waiting on one job at a time submits the next within tens of
     /// microseconds, and waking a sleeping thread on an idle vCPU costs as
-    /// much again.
+    /// much again. Kept out of line, as the scheduler's wait is, so that
+    /// instruction counts can leave out polling.
+    #[inline(never)]
     fn next(
         &self,
         last: Option<Instant>,

@@ -122,7 +122,7 @@ impl<B: Backend> Device<B> {
                 out
             };
             if !decisions.is_empty() {
-                self.dirty.contexts.insert(id);
+                self.dirty.context(id);
             }
             if let Some(c) = self.contexts.get_mut(&id) {
                 for (i, pending, never) in decisions {

@@ -58,7 +58,7 @@ impl<B: Backend> Device<B> {
     /// Answers the doomed jobs at the front of a context's queue, if no
     /// job of the context is running.
     pub(super) fn settle(&mut self, ctx_id: u32) {
-        self.dirty.contexts.insert(ctx_id);
+        self.dirty.context(ctx_id);
         loop {
             let Some(c) = self.contexts.get_mut(&ctx_id) else {
                 return;
@@ -88,7 +88,7 @@ impl<B: Backend> Device<B> {
 
     /// Queues the response of a job that is over.
     fn answer(&mut self, ctx_id: u32, job: Job<B>, status: Status, ns: u64) {
-        self.dirty.contexts.insert(ctx_id);
+        self.dirty.context(ctx_id);
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
         self.metrics.job_answered(status, job.queued_at.elapsed());
         self.completions.push(Completion {
@@ -129,7 +129,7 @@ impl<B: Backend> Device<B> {
             return None;
         }
         let mut job = c.queue.pop_front()?;
-        self.dirty.contexts.insert(ctx_id);
+        self.dirty.context(ctx_id);
         let Some(prepared) = job.prepared.take() else {
             // Cannot happen: only doomed jobs lose theirs. Answer it.
             c.unbusy(&job);
@@ -146,7 +146,7 @@ impl<B: Backend> Device<B> {
     /// (`_HANG` or `_DEVICE_ERROR`), as does one past the job timeout; an
     /// NPU that needs a reset loses every context of the VM.
     pub fn finish(&mut self, ctx_id: u32, id: JobId, end: JobEnd, time: Duration) {
-        self.dirty.contexts.insert(ctx_id);
+        self.dirty.context(ctx_id);
         let ns = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
         let (mut status, lost) = match &end {
             JobEnd::Done { .. } => (VIRTIO_ACCEL_RESP_OK, None),
@@ -223,7 +223,7 @@ impl<B: Backend> Device<B> {
     /// its unsignalled fences are cancelled, and the driver is told by
     /// event.
     pub fn lose(&mut self, ctx_id: u32, reason: u32) {
-        self.dirty.contexts.insert(ctx_id);
+        self.dirty.context(ctx_id);
         let Some(c) = self.contexts.get_mut(&ctx_id) else {
             return;
         };

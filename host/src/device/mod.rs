@@ -97,6 +97,10 @@ pub struct Device<B: Backend> {
 /// What changed in the device model: contexts (their timelines, jobs,
 /// loss; gone if no longer there), buffers, events. Kept coarse: a request
 /// marks what it names, job events mark their context.
+/// Only a device whose state is kept ([`Device::track_changes`]) names
+/// contexts and buffers here: the sets are emptied by the one who keeps
+/// the state, and a guest naming handles at random must not grow them for
+/// nobody.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Dirty {
     /// Everything may have changed (a reset, a restore).
@@ -104,6 +108,21 @@ pub struct Dirty {
     pub contexts: BTreeSet<u32>,
     pub bos: BTreeSet<(u32, u32)>,
     pub events: bool,
+    tracked: bool,
+}
+
+impl Dirty {
+    fn context(&mut self, id: u32) {
+        if self.tracked {
+            self.contexts.insert(id);
+        }
+    }
+
+    fn bo(&mut self, ctx: u32, handle: u32) {
+        if self.tracked {
+            self.bos.insert((ctx, handle));
+        }
+    }
 }
 
 fn resp(req_type: u32, ctx: u32, status: Status) -> Response {
@@ -239,9 +258,22 @@ impl<B: Backend> Device<B> {
         );
     }
 
+    /// Keeps what changed for [`Device::take_dirty`], which its caller
+    /// then calls at least once per pass over the queues.
+    pub fn track_changes(&mut self) {
+        self.dirty.tracked = true;
+    }
+
     /// What changed since the last call.
     pub fn take_dirty(&mut self) -> Dirty {
-        std::mem::take(&mut self.dirty)
+        let tracked = self.dirty.tracked;
+        std::mem::replace(
+            &mut self.dirty,
+            Dirty {
+                tracked,
+                ..Dirty::default()
+            },
+        )
     }
 
     pub fn counts(&self) -> Counts {
@@ -275,17 +307,17 @@ impl<B: Backend> Device<B> {
             return Outcome::Respond(resp(t, ctx, VIRTIO_ACCEL_RESP_ERR_INVALID));
         }
         if ctx != 0 {
-            self.dirty.contexts.insert(ctx);
+            self.dirty.context(ctx);
         }
         match &req {
             Request::BoDestroy(q)
             | Request::BoDetachBacking(q)
             | Request::BoMapShm(q)
             | Request::BoUnmapShm(q) => {
-                self.dirty.bos.insert((ctx, q.bo_handle.get()));
+                self.dirty.bo(ctx, q.bo_handle.get());
             }
             Request::BoAttachBacking { req, .. } => {
-                self.dirty.bos.insert((ctx, req.bo_handle.get()));
+                self.dirty.bo(ctx, req.bo_handle.get());
             }
             _ => {}
         }
@@ -319,10 +351,10 @@ impl<B: Backend> Device<B> {
         };
         let r = r.unwrap_or_else(|s| resp(t, ctx, s));
         if let Response::BoCreate(b) = &r {
-            self.dirty.bos.insert((ctx, b.bo_handle.get()));
+            self.dirty.bo(ctx, b.bo_handle.get());
         }
         if t == VIRTIO_ACCEL_CMD_CTX_CREATE {
-            self.dirty.contexts.insert(r.hdr().ctx_id.get());
+            self.dirty.context(r.hdr().ctx_id.get());
         }
         self.metrics.request(t, r.hdr().type_.get());
         self.publish_counts();

@@ -283,3 +283,39 @@ fn a_destroyed_context_answers_its_running_job_first() {
     );
     assert_eq!(d.counts(), Counts::default());
 }
+
+#[test]
+fn handles_a_guest_names_are_kept_only_for_a_device_whose_state_is_kept() {
+    let destroy = |ctx: u32, bo: u32| {
+        Request::BoDestroy(BoReq {
+            hdr: Hdr::new(VIRTIO_ACCEL_CMD_BO_DESTROY, ctx),
+            bo_handle: bo.into(),
+            padding: 0.into(),
+        })
+    };
+    let (mut d, m) = dev();
+    create(&mut d, &m, VIRTIO_ACCEL_PRIORITY_NORMAL);
+    for i in 1..1000u32 {
+        d.handle(
+            VIRTIO_ACCEL_VQ_CONTROL,
+            destroy(i.wrapping_mul(7919), i),
+            &m,
+            0,
+        );
+    }
+    let dirty = d.take_dirty();
+    assert!(
+        dirty.contexts.is_empty() && dirty.bos.is_empty(),
+        "{dirty:?}"
+    );
+
+    let (mut d, m) = dev();
+    d.track_changes();
+    let real = create(&mut d, &m, VIRTIO_ACCEL_PRIORITY_NORMAL);
+    d.handle(VIRTIO_ACCEL_VQ_CONTROL, destroy(real, 5), &m, 0);
+    let dirty = d.take_dirty();
+    assert!(dirty.contexts.contains(&real) && dirty.bos.contains(&(real, 5)));
+    // Taking the changes keeps the device tracking.
+    d.handle(VIRTIO_ACCEL_VQ_CONTROL, destroy(real, 6), &m, 0);
+    assert!(d.take_dirty().bos.contains(&(real, 6)));
+}

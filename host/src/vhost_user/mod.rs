@@ -162,12 +162,15 @@ impl<B: Backend> AccelBackend<B> {
             mem,
             npu_stats: Arc::new(MemStats::default()),
         };
-        let device = Device::new(
+        let mut device = Device::new(
             config.limits.clone(),
             sched.backend().clone(),
             mem.clone(),
             metrics.clone(),
         );
+        if persist.is_some() {
+            device.track_changes();
+        }
         let vm = Arc::new(VmSlot::new(device, mem, weight, metrics)?);
         sched.add_vm(&vm);
         Ok(AccelBackend {

@@ -74,49 +74,19 @@ pub fn main() -> ExitCode {
         .with_env_filter(EnvFilter::new(&args.log_level))
         .with_writer(std::io::stderr)
         .init();
-    let mut config = match &args.config {
-        Some(p) => match Config::load(p) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("vhost-device-accel: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Config::default(),
+    let config = match config_of(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vhost-device-accel: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let faults = &mut config.sim.faults;
-    faults.fail_jobs.extend(&args.fail_jobs);
-    faults.hang_jobs.extend(&args.hang_jobs);
-    faults.device_error_jobs.extend(&args.device_error_jobs);
-    if let Some(l) = args.latency_us {
-        faults.latency_us = l;
-    }
-    let mut vms = std::mem::take(&mut config.vm);
-    vms.extend(args.vm.iter().cloned());
-    vms.extend(args.socket_path.iter().cloned().map(VmConfig::new));
-    if let (Some(n), Some(prefix)) = (args.socket_count, &args.socket_prefix) {
-        vms.extend((0..n).map(|i| VmConfig::new(PathBuf::from(format!("{prefix}{i}")))));
-    }
-    config.vm = vms.clone();
-    if let Some(d) = &args.state_dir {
-        config.state_dir = Some(d.clone());
-    }
-    if args.crash_after_commits.is_some() {
-        config.crash_after_commits = args.crash_after_commits;
-    }
+    let vms = config.vm.clone();
     if let Some(d) = &config.state_dir {
         if let Err(e) = std::fs::create_dir_all(d) {
             eprintln!("vhost-device-accel: state directory {}: {e}", d.display());
             return ExitCode::FAILURE;
         }
-    }
-    if vms.is_empty() {
-        eprintln!("vhost-device-accel: no VM to serve: give --socket-path, --vm or [[vm]]");
-        return ExitCode::FAILURE;
-    }
-    if let Err(e) = config.validate() {
-        eprintln!("vhost-device-accel: {e}");
-        return ExitCode::FAILURE;
     }
     let server = match args.driver {
         Driver::Sim => Server::new_sim(config),
@@ -163,4 +133,102 @@ pub fn main() -> ExitCode {
     }
     server.shutdown();
     ExitCode::SUCCESS
+}
+
+/// The configuration the command line asks for: the config file, then the
+/// options over it; checked.
+fn config_of(args: &Args) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let faults = &mut config.sim.faults;
+    faults.fail_jobs.extend(&args.fail_jobs);
+    faults.hang_jobs.extend(&args.hang_jobs);
+    faults.device_error_jobs.extend(&args.device_error_jobs);
+    if let Some(l) = args.latency_us {
+        faults.latency_us = l;
+    }
+    config.vm.extend(args.vm.iter().cloned());
+    config
+        .vm
+        .extend(args.socket_path.iter().cloned().map(VmConfig::new));
+    if let (Some(n), Some(prefix)) = (args.socket_count, &args.socket_prefix) {
+        config
+            .vm
+            .extend((0..n).map(|i| VmConfig::new(PathBuf::from(format!("{prefix}{i}")))));
+    }
+    if let Some(d) = &args.state_dir {
+        config.state_dir = Some(d.clone());
+    }
+    if args.crash_after_commits.is_some() {
+        config.crash_after_commits = args.crash_after_commits;
+    }
+    if config.vm.is_empty() {
+        return Err("no VM to serve: give --socket-path, --vm or [[vm]]".into());
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        let args =
+            Args::try_parse_from(std::iter::once("vhost-device-accel").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        config_of(&args)
+    }
+
+    #[test]
+    fn fault_options_reach_the_software_npu() {
+        let c = config(&[
+            "--socket-path",
+            "/tmp/a.sock",
+            "--fail-jobs",
+            "3,5",
+            "--hang-jobs",
+            "7",
+            "--device-error-jobs",
+            "4,9",
+            "--latency-us",
+            "250",
+        ])
+        .unwrap();
+        let f = &c.sim.faults;
+        assert_eq!(f.fail_jobs, [3, 5]);
+        assert_eq!(f.hang_jobs, [7]);
+        assert_eq!(f.device_error_jobs, [4, 9]);
+        assert_eq!(f.latency_us, 250);
+    }
+
+    #[test]
+    fn vms_come_from_every_option() {
+        let c = config(&[
+            "--socket-path",
+            "/tmp/a.sock",
+            "--vm",
+            "socket=/tmp/b.sock,weight=3,name=b",
+            "--socket-count",
+            "2",
+            "--socket-prefix",
+            "/tmp/c",
+        ])
+        .unwrap();
+        let socks: Vec<String> =
+            c.vm.iter()
+                .map(|v| v.socket.display().to_string())
+                .collect();
+        assert_eq!(socks, ["/tmp/b.sock", "/tmp/a.sock", "/tmp/c0", "/tmp/c1"]);
+        assert_eq!(c.vm[0].weight, 3);
+    }
+
+    #[test]
+    fn no_vm_and_bad_values_are_refused() {
+        assert!(config(&[]).unwrap_err().contains("no VM to serve"));
+        assert!(config(&["--socket-path", "/tmp/a", "--fail-jobs", "x"]).is_err());
+        assert!(config(&["--crash-after-commits", "1", "--socket-path", "/tmp/a"]).is_err());
+    }
 }

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 /* Helpers of vaccel-test: the node's ioctls, SNPU programs, the case runner. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -45,6 +46,60 @@ void msg(const char *fmt, ...)
 	fflush(stdout);
 }
 
+/* Prints where each task of process group @pgid waits: its state, wait
+ * channel and kernel stack, so a case that times out says why. */
+static void show_group(pid_t pgid)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		char path[64], buf[512], *p;
+		int pid = atoi(e->d_name), pg = 0, n;
+		char state = '?';
+		FILE *f;
+
+		if (pid <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[n > 0 ? n : 0] = 0;
+		p = strrchr(buf, ')');
+		if (!p || sscanf(p + 2, "%c %*d %d", &state, &pg) != 2 || pg != pgid)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task", pid);
+		{
+			DIR *td = opendir(path);
+			struct dirent *t;
+
+			while (td && (t = readdir(td))) {
+				int tid = atoi(t->d_name);
+
+				if (tid <= 0)
+					continue;
+				snprintf(path, sizeof(path), "/proc/%d/task/%d/stack", pid, tid);
+				f = fopen(path, "r");
+				n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+				if (f)
+					fclose(f);
+				buf[n > 0 ? n : 0] = 0;
+				for (p = buf; (p = strchr(p, '\n'));)
+					*p = '|';
+				msg("task %d/%d (%c): %s", pid, tid, state, buf);
+			}
+			if (td)
+				closedir(td);
+		}
+	}
+	closedir(d);
+}
+
 int vt_case(const char *name, vt_case_fn fn, void *arg, int timeout_s)
 {
 	double deadline = now_s() + timeout_s;
@@ -67,7 +122,8 @@ int vt_case(const char *name, vt_case_fn fn, void *arg, int timeout_s)
 			break;
 		}
 		if (now_s() > deadline) {
-			msg("still running after %d s: killed (a task in D state stays)", timeout_s);
+			msg("still running after %d s: killed", timeout_s);
+			show_group(pid);
 			kill(-pid, SIGKILL);
 			kill(pid, SIGKILL);
 			usleep(500000);

@@ -4,7 +4,7 @@
 # commit) kept under integration/benches/results/, and the README's
 # tables regenerated from those files.
 #
-#   bash integration/benches/full-runs.sh          # about 10 minutes
+#   bash integration/benches/full-runs.sh          # about 15 minutes
 #   RUNS=1 BENCHES=accel bash integration/benches/full-runs.sh
 #
 # Run it on a quiet machine: the figures are paired against baselines
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 # Absolute: cargo runs benchmarks from the package folder.
 out="$(pwd)/integration/benches/results"
 runs=${RUNS:-3}
-benches=${BENCHES:-accel sharing}
+benches=${BENCHES:-accel sharing models}
 mkdir -p "$out"
 
 cargo bench -q -p virtio-accel-integration --no-run

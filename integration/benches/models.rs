@@ -16,8 +16,8 @@ use vhost_device_accel::backend::sim::{SimNpu, Tile};
 use vhost_device_accel::memory::{Backing, GuestMem, MemStats};
 use vhost_device_accel::Config;
 use virtio_accel_guest::model::{Compiled, Device, Loaded, Output, RunStats};
-use virtio_accel_integration::bench::stats::quantile as pct;
-use virtio_accel_integration::bench::{Opts, Report};
+use virtio_accel_integration::bench::stats::{quantile as pct, Figure, Unit};
+use virtio_accel_integration::bench::{table, Opts, Report};
 use virtio_accel_integration::model::{max_error, models_dir, read_npy_f32, HarnessNpu};
 use virtio_accel_integration::{Daemon, Guest, GuestOptions};
 use vm_memory::GuestAddress;
@@ -78,10 +78,6 @@ fn full<D: Device>(m: &Loaded<D>, npu: &mut D, x: &[f32]) -> (f64, Vec<Output>, 
     let t = Instant::now();
     let (o, s) = m.run(npu, &[x]).unwrap();
     (t.elapsed().as_secs_f64(), o, s)
-}
-
-fn iqr(v: &[f64]) -> (f64, f64, f64) {
-    (pct(v, 0.25), pct(v, 0.5), pct(v, 0.75))
 }
 
 fn ort(dir: &std::path::Path, name: &str, runs: usize, threads: usize) -> Vec<f64> {
@@ -151,28 +147,66 @@ fn model(dir: &std::path::Path, name: &str, pairs: usize, r: &mut Report) {
         a.push(ta * 1e3);
         b.push(tb * 1e3);
         ratio.push(ta / tb);
-        dev.push(s.device.map_or(0.0, |d| d.as_secs_f64() * 1e3));
+        let device = s
+            .device
+            .expect("the daemon reports every job's device time");
+        dev.push(device.as_secs_f64() * 1e3);
     }
     let runs = pairs.max(3);
     let (o1, o2) = (ort(dir, name, runs, 1), ort(dir, name, runs, 2));
-    let (a, b, ratio, dev, o1, o2) = (iqr(&a), iqr(&b), iqr(&ratio), iqr(&dev), iqr(&o1), iqr(&o2));
     let c = &m.compiled;
-    r.line(format!(
-        "{name:<18} full path {:8.2} ms [IQR {:.2}-{:.2}] (NPU {:.2} ms, {} jobs) | in-process {:8.2} ms [{:.2}-{:.2}] | ratio {:.3} [IQR {:.3}-{:.3}], {pairs} pairs | ONNX Runtime 1 thread {:.2} ms [{:.2}-{:.2}], 2 threads {:.2} ms",
-        a.1, a.0, a.2, dev.1, c.segments.len(), b.1, b.0, b.2, ratio.1, ratio.0, ratio.2, o1.1, o1.0, o1.2, o2.1
-    ));
+    let ms = Unit::Of("ms");
+    let label = match name {
+        "squeezenet_random" => "SqueezeNet 1.0 (random weights)",
+        "resnet50_random" => "ResNet-50 (random weights)",
+        other => other,
+    };
+    let jobs = c.segments.len();
+    r.figure(
+        &format!("{name}.full_vs_in_process"),
+        Figure::new(
+            format!("{label}, {jobs} job(s) per inference: full path / in-process time"),
+            Unit::Times,
+            &ratio,
+        )
+        .floor("the same software NPU called in this process on the same lowered program")
+        .side("full path", ms, &a)
+        .side("in-process", ms, &b)
+        .side("NPU time", ms, &dev),
+    );
+    // The transport's share: what the full path costs beyond the device
+    // time the daemon reports for the same inference.
+    let transport: Vec<f64> = a.iter().zip(&dev).map(|(t, d)| t - d).collect();
+    r.figure(
+        &format!("{name}.transport"),
+        Figure::new(format!("{label}: full path minus NPU time"), ms, &transport)
+            .floor("the device time the daemon reports"),
+    );
+    let (s1, s2) = (pct(&o1, 0.5), pct(&o2, 0.5));
+    r.figure(
+        &format!("{name}.in_process_vs_ort"),
+        Figure::new(
+            format!("{label}: in-process time / ONNX Runtime median, 1 thread"),
+            Unit::Times,
+            &b.iter().map(|t| t / s1).collect::<Vec<_>>(),
+        )
+        .floor("ONNX Runtime's CPU kernels on the host, one thread")
+        .side("ONNX Runtime, 1 thread", ms, &o1)
+        .side("ONNX Runtime, 2 threads", ms, &o2),
+    );
     r.data.insert(
         name.into(),
         json!({
-            "full_path_ms": {"p25": a.0, "median": a.1, "p75": a.2},
-            "npu_ms": {"p25": dev.0, "median": dev.1, "p75": dev.2},
-            "in_process_ms": {"p25": b.0, "median": b.1, "p75": b.2},
-            "ratio": {"p25": ratio.0, "median": ratio.1, "p75": ratio.2},
+            "full_path_ms": a,
+            "npu_ms": dev,
+            "in_process_ms": b,
+            "ratio": ratio,
             "pairs": pairs,
-            "jobs": c.segments.len(),
+            "jobs": jobs,
             "snpu_ops": c.op_count(),
-            "ort_1_thread_ms": {"p25": o1.0, "median": o1.1, "p75": o1.2},
-            "ort_2_threads_ms": {"p25": o2.0, "median": o2.1, "p75": o2.2},
+            "ort_1_thread_ms": o1,
+            "ort_2_threads_ms": o2,
+            "ort_medians_ms": [s1, s2],
         }),
     );
     m.unload(&mut npu).unwrap();
@@ -180,6 +214,16 @@ fn model(dir: &std::path::Path, name: &str, pairs: usize, r: &mut Report) {
 
 fn main() {
     let o = Opts::from_args("models");
+    if !o.table.is_empty() {
+        match table::render(&o.table) {
+            Ok(t) => print!("{t}"),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let Some(dir) = models_dir() else {
         eprintln!("models benchmark: needs python3 with venv for its models");
         return;

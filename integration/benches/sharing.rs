@@ -82,6 +82,7 @@ fn fairness(o: &Opts, r: &mut Report) {
             depth,
         })
         .collect();
+    let measured: Vec<f64> = loads.iter().map(|l| native_ms(&l.workload)).collect();
     let js: Vec<f64> = (0..rounds)
         .map(|_| jain(&contend(&config(), &vec![1; loads.len()], &loads, warm, secs).shares()))
         .collect();
@@ -89,8 +90,9 @@ fn fairness(o: &Opts, r: &mut Report) {
         "fairness.eight_vms",
         Figure::new(
             format!(
-                "8 VMs, jobs {:.1}–{:.0} ms ×2, equal weights: Jain over device time",
-                sizes[0], sizes[7]
+                "8 VMs, jobs {:.2}–{:.1} ms ×{depth}, equal weights: Jain over device time",
+                measured.iter().copied().fold(f64::INFINITY, f64::min),
+                measured.iter().copied().fold(0.0, f64::max)
             ),
             Unit::Plain,
             &js,

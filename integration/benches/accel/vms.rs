@@ -8,7 +8,7 @@ use vhost_device_accel::Config;
 use virtio_accel_guest::workloads;
 use virtio_accel_integration::bench::load::{contend, jain, Load};
 use virtio_accel_integration::bench::{
-    interleaved, mlp_of, quantile, ratios, Figure, Opts, Report, Target, Unit,
+    interleaved, mlp_of, native_ms, quantile, ratios, Figure, Opts, Report, Target, Unit,
 };
 
 pub fn scaling(o: &Opts, r: &mut Report) {
@@ -76,22 +76,29 @@ pub fn fairness(o: &Opts, r: &mut Report) {
             depth,
         })
         .collect();
+    // The labels name the job times measured natively, not the targets
+    // the workloads were sized for.
+    let measured: Vec<f64> = loads.iter().map(|l| native_ms(&l.workload)).collect();
     let equal = vec![1u32; loads.len()];
     // A deliberately unfair configuration the figure must flag: the VM
     // with the most demand weighted 4 (it can use the share it is given).
     let heavy = loads.len() - 1;
     let mut skewed = equal.clone();
     skewed[heavy] = 4;
-    let skew = format!("the {} ms VM weighted {}", shape[heavy].0, skewed[heavy]);
+    let skew = format!(
+        "the {:.2} ms VM weighted {}",
+        measured[heavy], skewed[heavy]
+    );
     let got = interleaved(o.rounds(), 2, |i| {
         let weights = if i == 0 { &equal } else { &skewed };
         contend(&cfg, weights, &loads, warm, secs).shares()
     });
     let index = Unit::Plain;
     let jains = |v: &[Vec<f64>]| -> Vec<f64> { v.iter().map(|s| jain(s)).collect() };
-    let what = shape
+    let what = measured
         .iter()
-        .map(|(ms, d)| format!("{ms} ms ×{d}"))
+        .zip(&loads)
+        .map(|(ms, l)| format!("{ms:.2} ms ×{}", l.depth))
         .collect::<Vec<_>>()
         .join(", ");
     r.figure(
@@ -147,6 +154,6 @@ pub fn fairness(o: &Opts, r: &mut Report) {
     ));
     r.data.insert(
         "fairness.shares".into(),
-        json!({ "shape_ms_depth": shape, "equal": got[0], "skewed": got[1], "skewed_weights": skewed }),
+        json!({ "shape_ms_depth": shape, "measured_ms": measured, "equal": got[0], "skewed": got[1], "skewed_weights": skewed }),
     );
 }

@@ -100,7 +100,11 @@ pub fn contend(config: &Config, weights: &[u32], loads: &[Load], warm: f64, secs
         .collect();
     go.wait();
     std::thread::sleep(Duration::from_secs_f64(warm));
-    let dev = |i| d.vm_stats(i).map_or(0.0, |s| s.device_seconds);
+    let dev = |i| {
+        d.vm_stats(i)
+            .expect("every VM of the run is served")
+            .device_seconds
+    };
     let before: Vec<f64> = (0..loads.len()).map(dev).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(secs));

@@ -56,6 +56,9 @@ cleanup() {
     umount "$R/proc" 2>/dev/null || true
 }
 trap cleanup EXIT
+# A command that fails under set -e says where, before the script exits.
+set -E
+trap 'log "failed (status $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 # The module must build, without warnings, against every kernel series we
 # support (Debian trixie's 6.12 and trixie-backports' 7.x); the guest boots

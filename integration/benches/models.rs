@@ -213,6 +213,7 @@ fn model(dir: &std::path::Path, name: &str, pairs: usize, r: &mut Report) {
 }
 
 fn main() {
+    virtio_accel_integration::bench::fixed_allocator();
     let o = Opts::from_args("models");
     if !o.table.is_empty() {
         match table::render(&o.table) {

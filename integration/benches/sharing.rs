@@ -325,6 +325,7 @@ fn slicing_cost(o: &Opts, r: &mut Report) {
 }
 
 fn main() {
+    virtio_accel_integration::bench::fixed_allocator();
     let opts = Opts::from_args("sharing");
     if !opts.table.is_empty() {
         match table::render(&opts.table) {

@@ -143,6 +143,7 @@ fn instructions(o: &Opts, r: &mut Report) {
 
 fn main() {
     cost::serve_if_asked();
+    virtio_accel_integration::bench::fixed_allocator();
     let opts = Opts::from_args("accel");
     if !opts.table.is_empty() {
         match table::render(&opts.table) {

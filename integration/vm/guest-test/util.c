@@ -333,17 +333,30 @@ int vt_copy_job(int fd, uint32_t src, uint32_t dst, uint32_t len)
 	struct vt_cmd c;
 	int ret;
 
+	const char *step = "command buffer";
+
 	ret = vt_cmd_copy(fd, &c, len);
 	if (ret)
-		return ret;
+		goto out;
+	step = "syncobj";
 	ret = vt_syncobj(fd, &done, 0);
-	if (!ret)
+	if (!ret) {
+		step = "submit";
 		ret = vt_submit(fd, &c, bos, 2, done);
-	if (!ret)
+	}
+	if (!ret) {
+		step = "wait";
 		ret = vt_syncobj_wait(fd, done, 30000);
-	if (!ret)
+	}
+	if (!ret) {
+		step = "fence error";
 		ret = vt_fence_error(fd, done);
+	}
 	vt_close_bo(fd, c.handle);
+out:
+	/* The errors a lost context or a dead device give are expected. */
+	if (ret && ret != -EIO && ret != -ENOTRECOVERABLE && ret != -ENODEV)
+		msg("copy job: %s: %d", step, ret);
 	return ret;
 }
 

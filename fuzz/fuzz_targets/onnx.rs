@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let limits = DeviceLimits {
         ops: SNPU_OPS_ALL,
-        max_bo_size: 1 << 28,
+        // Buffers (and so the constants the compiler makes for them) of
+        // at most 16 MiB: a model's size, not its claims, bounds what it
+        // allocates under -malloc_limit_mb.
+        max_bo_size: 16 << 20,
         max_cmd_size: 1 << 20,
         max_job_memory: 4 << 20,
     };

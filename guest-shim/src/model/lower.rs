@@ -425,7 +425,7 @@ pub fn compile(
             .enumerate()
             .all(|(k, s)| s.is_empty() || ins[k].is_some());
         if all_const {
-            if let Some(c) = fold(node, &ins, g.opset)? {
+            if let Some(c) = fold(node, &ins, g.opset, l.limits.max_bo_size)? {
                 let out = node.outputs.first().cloned().unwrap_or_default();
                 l.vals.insert(out, V::Const(c));
                 continue;

@@ -151,8 +151,14 @@ pub fn unsqueeze(node: &Node, dims: &[usize], axes: &[i64]) -> Result<Vec<usize>
 }
 
 /// Folds `node` when it only moves constants: returns its first output's
-/// value, or None if the node computes something.
-pub fn fold(node: &Node, ins: &[Option<&Const>], opset: i64) -> Result<Option<Const>, ModelError> {
+/// value, or None if the node computes something. A constant it makes
+/// holds at most `max_bytes` (it must fit one of the device's buffers).
+pub fn fold(
+    node: &Node,
+    ins: &[Option<&Const>],
+    opset: i64,
+    max_bytes: u64,
+) -> Result<Option<Const>, ModelError> {
     let c0 = ins.first().copied().flatten();
     let second = ins.get(1).copied().flatten();
     Ok(Some(match node.op.as_str() {
@@ -168,7 +174,11 @@ pub fn fold(node: &Node, ins: &[Option<&Const>], opset: i64) -> Result<Option<Co
             let Some(shape) = c0 else { return Ok(None) };
             let dims: Vec<usize> = shape.ints().iter().map(|&d| d.max(0) as usize).collect();
             let n = elems(&dims);
-            if n > MAX_CONST_ELEMS {
+            let size = match node.attrs.get("value") {
+                Some(Attr::Tensor(t)) if matches!(t.data, Data::I64(_)) => 8,
+                _ => 4,
+            };
+            if n > MAX_CONST_ELEMS || (n as u64).saturating_mul(size) > max_bytes {
                 return Err(unsupported(node, format!("a constant of {dims:?}")));
             }
             match node.attrs.get("value") {

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use crate::job::JobStatus;
@@ -50,7 +50,17 @@ struct DrmSyncobjWait {
     deadline_nsec: u64,
 }
 
+#[repr(C)]
+#[derive(Default)]
+struct DrmPrimeHandle {
+    handle: u32,
+    flags: u32,
+    fd: i32,
+}
+
 const DRM_IOCTL_VERSION: u32 = drm_ioc(IOC_READ | IOC_WRITE, 0x00, size_of::<DrmVersion>());
+const DRM_IOCTL_PRIME_FD_TO_HANDLE: u32 =
+    drm_ioc(IOC_READ | IOC_WRITE, 0x2e, size_of::<DrmPrimeHandle>());
 const DRM_IOCTL_GEM_CLOSE: u32 = drm_ioc(IOC_WRITE, 0x09, size_of::<DrmHandle>());
 const DRM_IOCTL_SYNCOBJ_CREATE: u32 = drm_ioc(IOC_READ | IOC_WRITE, 0xbf, size_of::<DrmHandle>());
 const DRM_IOCTL_SYNCOBJ_DESTROY: u32 = drm_ioc(IOC_READ | IOC_WRITE, 0xc0, size_of::<DrmHandle>());
@@ -176,6 +186,26 @@ impl Accel {
         })
     }
 
+    /// Imports another driver's dma-buf (a udmabuf over guest memory, say)
+    /// as a buffer of this file's context: jobs read and write its pages in
+    /// place.
+    pub fn prime_import(&self, dmabuf: BorrowedFd<'_>) -> io::Result<Bo> {
+        let mut a = DrmPrimeHandle {
+            fd: dmabuf.as_raw_fd(),
+            ..Default::default()
+        };
+        self.ioctl(DRM_IOCTL_PRIME_FD_TO_HANDLE, &mut a)?;
+        let mut info = DrmVaccelBoInfo {
+            handle: a.handle,
+            ..Default::default()
+        };
+        self.ioctl(DRM_IOCTL_VACCEL_BO_INFO, &mut info)?;
+        Ok(Bo {
+            handle: a.handle,
+            size: info.size,
+        })
+    }
+
     pub fn bo_close(&self, bo: Bo) -> io::Result<()> {
         let mut a = DrmHandle {
             handle: bo.handle,
@@ -246,6 +276,28 @@ impl Accel {
         };
         self.ioctl(DRM_IOCTL_VACCEL_BO_WAIT, &mut a)?;
         Ok(JobStatus::from_uapi(a.job_status))
+    }
+
+    /// A request of the NPU driver behind the device (`cmd` is the NPU's
+    /// own: `SNPU_IOCTL_*` on the software NPU, a host driver's flattened
+    /// ioctl otherwise); returns the answer's payload, at most `out_room`
+    /// bytes.
+    pub fn npu_ioctl(&self, cmd: u32, input: &[u8], out_room: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; out_room];
+        let too_big = || io::Error::from_raw_os_error(libc::E2BIG);
+        let mut a = DrmVaccelIoctl {
+            cmd,
+            in_size: u32::try_from(input.len()).map_err(|_| too_big())?,
+            out_size: u32::try_from(out_room).map_err(|_| too_big())?,
+            in_: input.as_ptr() as u64,
+            out: out.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // The kernel reads `in_size` bytes at `in_` and writes at most
+        // `out_size` at `out`: both are this function's live buffers.
+        self.ioctl(DRM_IOCTL_VACCEL_IOCTL, &mut a)?;
+        out.truncate(a.out_size as usize);
+        Ok(out)
     }
 
     /// The status of the job whose fence `syncobj` holds, once signalled

@@ -9,6 +9,7 @@ pub const DRM_VACCEL_BO_CREATE: u32 = 0x01;
 pub const DRM_VACCEL_BO_INFO: u32 = 0x02;
 pub const DRM_VACCEL_SUBMIT: u32 = 0x03;
 pub const DRM_VACCEL_BO_WAIT: u32 = 0x04;
+pub const DRM_VACCEL_IOCTL: u32 = 0x05;
 
 pub const DRM_VACCEL_BO_READ: u32 = 1 << 0;
 pub const DRM_VACCEL_BO_WRITE: u32 = 1 << 1;
@@ -41,6 +42,11 @@ pub const DRM_IOCTL_VACCEL_BO_WAIT: u32 = ioc(
     IOC_READ | IOC_WRITE,
     DRM_VACCEL_BO_WAIT,
     size_of::<DrmVaccelBoWait>(),
+);
+pub const DRM_IOCTL_VACCEL_IOCTL: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    DRM_VACCEL_IOCTL,
+    size_of::<DrmVaccelIoctl>(),
 );
 
 /// `DRM_VACCEL_JOB_STATUS_*`: what became of a job (BO_WAIT's `job_status`).
@@ -122,4 +128,16 @@ pub struct DrmVaccelBoWait {
     pub timeout_ns: i64,
     pub job_status: u32,
     pub pad2: u32,
+}
+
+/// `struct drm_vaccel_ioctl`: a request of the NPU driver behind the device.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrmVaccelIoctl {
+    pub cmd: u32,
+    pub in_size: u32,
+    pub out_size: u32,
+    pub pad: u32,
+    pub in_: u64,
+    pub out: u64,
 }

@@ -68,6 +68,7 @@ fn uapi_layout() -> Layout {
         "drm_vaccel_submit" => DrmVaccelSubmit { bos, in_syncobjs, cmd_bo, cmd_offset, cmd_size,
             nr_bos, nr_in_syncobjs, out_syncobj, flags, pad },
         "drm_vaccel_bo_wait" => DrmVaccelBoWait { handle, pad, timeout_ns, job_status, pad2 },
+        "drm_vaccel_ioctl" => DrmVaccelIoctl { cmd, in_size, out_size, pad, in_, out },
     }
 }
 
@@ -126,6 +127,7 @@ fn constants() -> Vec<(&'static str, u64)> {
         DRM_IOCTL_VACCEL_BO_INFO,
         DRM_IOCTL_VACCEL_SUBMIT,
         DRM_IOCTL_VACCEL_BO_WAIT,
+        DRM_IOCTL_VACCEL_IOCTL,
         DRM_VACCEL_JOB_STATUS_OK,
         DRM_VACCEL_JOB_STATUS_FAILED,
         DRM_VACCEL_JOB_STATUS_NO_MEMORY,

@@ -99,6 +99,7 @@ VACCEL_IOCTL(create, vaccel_ioctl_bo_create)
 VACCEL_IOCTL(info, vaccel_ioctl_bo_info)
 VACCEL_IOCTL(submit_job, vaccel_ioctl_submit)
 VACCEL_IOCTL(wait, vaccel_ioctl_bo_wait)
+VACCEL_IOCTL(forward, vaccel_npu_ioctl)
 
 static const struct drm_ioctl_desc vaccel_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(VACCEL_GET_CAPS, vaccel_ioctl_caps, 0),
@@ -106,6 +107,7 @@ static const struct drm_ioctl_desc vaccel_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(VACCEL_BO_INFO, vaccel_ioctl_info, 0),
 	DRM_IOCTL_DEF_DRV(VACCEL_SUBMIT, vaccel_ioctl_submit_job, 0),
 	DRM_IOCTL_DEF_DRV(VACCEL_BO_WAIT, vaccel_ioctl_wait, 0),
+	DRM_IOCTL_DEF_DRV(VACCEL_IOCTL, vaccel_ioctl_forward, 0),
 };
 
 /*
@@ -195,6 +197,8 @@ static const struct drm_driver vaccel_drm_driver = {
 	.open = vaccel_open,
 	.postclose = vaccel_postclose,
 	.gem_create_object = vaccel_gem_create_object,
+	.gem_prime_import = vaccel_gem_prime_import,
+	.gem_prime_import_sg_table = vaccel_gem_prime_import_sg_table,
 	.ioctls = vaccel_ioctls,
 	.num_ioctls = ARRAY_SIZE(vaccel_ioctls),
 	.fops = &vaccel_fops,
@@ -250,6 +254,8 @@ static void vaccel_read_config(struct vaccel_device *vd)
 	vd->max_jobs = max_t(u32, v32, 1);
 	if (virtio_has_feature(vdev, VIRTIO_ACCEL_F_CROSS_CTX_FENCE))
 		vd->features |= BIT(VIRTIO_ACCEL_F_CROSS_CTX_FENCE);
+	if (virtio_has_feature(vdev, VIRTIO_ACCEL_F_IOCTL))
+		vd->features |= BIT(VIRTIO_ACCEL_F_IOCTL);
 }
 
 static int vaccel_probe(struct virtio_device *vdev)
@@ -312,6 +318,7 @@ static void vaccel_config_changed(struct virtio_device *vdev)
 }
 
 static unsigned int vaccel_features[] = {
+	VIRTIO_ACCEL_F_IOCTL,
 	VIRTIO_ACCEL_F_CROSS_CTX_FENCE,
 };
 

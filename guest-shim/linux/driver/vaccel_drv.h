@@ -244,6 +244,9 @@ struct vaccel_teardown {
  * @host_handle: host buffer handle; zero until BO_CREATE answered
  * @pinned: its pages are pinned
  * @sgt: its pages, DMA-mapped unless the device has the DMA quirk
+ * @sgt_mapped: @sgt holds DMA addresses
+ * @imported: a PRIME import of another driver's dma-buf; @sgt is the
+ *	attachment's, and @ctx is set when a file first gets a handle
  * @attach: the BO_ATTACH_BACKING request, held until answered
  * @teardown: reserved at creation so freeing never allocates
  */
@@ -254,6 +257,7 @@ struct vaccel_bo {
 	bool pinned;
 	struct sg_table *sgt;
 	bool sgt_mapped;
+	bool imported;
 	struct vaccel_req *attach;
 	struct vaccel_teardown *teardown;
 };
@@ -330,6 +334,10 @@ void vaccel_teardown_queue(struct vaccel_teardown *t, struct vaccel_ctx *ctx, u3
 /* vaccel_gem.c */
 struct drm_gem_object *vaccel_gem_create_object(struct drm_device *dev, size_t size);
 bool vaccel_is_bo(struct drm_gem_object *obj);
+struct drm_gem_object *vaccel_gem_prime_import(struct drm_device *dev, struct dma_buf *buf);
+struct drm_gem_object *vaccel_gem_prime_import_sg_table(struct drm_device *dev,
+							struct dma_buf_attachment *attach,
+							struct sg_table *sgt);
 void vaccel_bo_release(struct vaccel_bo *bo);
 int vaccel_ioctl_bo_create(struct drm_device *dev, void *data, struct drm_file *file);
 int vaccel_ioctl_bo_info(struct drm_device *dev, void *data, struct drm_file *file);
@@ -338,5 +346,8 @@ int vaccel_ioctl_bo_wait(struct drm_device *dev, void *data, struct drm_file *fi
 /* vaccel_job.c */
 int vaccel_ioctl_submit(struct drm_device *dev, void *data, struct drm_file *file);
 void vaccel_job_done(struct vaccel_device *vd, struct vaccel_req *r);
+
+/* vaccel_fwd.c */
+int vaccel_npu_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 
 #endif /* __VACCEL_DRV_H__ */

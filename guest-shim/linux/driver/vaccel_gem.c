@@ -9,15 +9,26 @@
  * are charged to the creator's memory cgroup (shmem) and the driver's own
  * allocations for it are accounted too. Freeing is deferred to the teardown
  * worker, which sends BO_DESTROY and only then releases the pages.
+ *
+ * A dma-buf of another driver (udmabuf, vgem, ...) imported with PRIME is
+ * mapped through the virtio device's parent by the DMA API; it becomes a
+ * host buffer of the context of the first file that gets a handle to it,
+ * its mapped pages as the backing. Jobs of other files are refused it, as
+ * for every buffer.
  */
 
+#include <linux/device.h>
+#include <linux/dma-buf.h>
 #include <linux/dma-mapping.h>
 #include <linux/dma-resv.h>
 #include <linux/slab.h>
+#include <linux/swiotlb.h>
 #include <linux/virtio_config.h>
 
+#include <drm/drm_drv.h>
 #include <drm/drm_file.h>
 #include <drm/drm_gem.h>
+#include <drm/drm_prime.h>
 #include <drm/drm_utils.h>
 #include <drm/drm_vma_manager.h>
 #include <drm/virtio_accel_drm.h>
@@ -38,7 +49,8 @@ void vaccel_bo_release(struct vaccel_bo *bo)
 		vaccel_req_put(bo->attach);
 	if (bo->teardown)
 		vaccel_teardown_free(bo->teardown);
-	if (bo->sgt) {
+	/* An import's table is the attachment's: drm_gem_shmem_free() unmaps it. */
+	if (bo->sgt && !bo->imported) {
 		if (bo->sgt_mapped)
 			dma_unmap_sgtable(vaccel_dma_dev(ctx->vd), bo->sgt, DMA_BIDIRECTIONAL, 0);
 		sg_free_table(bo->sgt);
@@ -65,8 +77,11 @@ static void vaccel_gem_free(struct drm_gem_object *obj)
 	vaccel_teardown_queue(t, bo->ctx, bo->ctx->id, bo->ctx->gen, bo->host_handle, bo);
 }
 
+static int vaccel_gem_open(struct drm_gem_object *obj, struct drm_file *file);
+
 static const struct drm_gem_object_funcs vaccel_gem_funcs = {
 	.free = vaccel_gem_free,
+	.open = vaccel_gem_open,
 	.print_info = drm_gem_shmem_object_print_info,
 	.pin = drm_gem_shmem_object_pin,
 	.unpin = drm_gem_shmem_object_unpin,
@@ -84,8 +99,11 @@ bool vaccel_is_bo(struct drm_gem_object *obj)
 
 struct drm_gem_object *vaccel_gem_create_object(struct drm_device *dev, size_t size)
 {
-	struct vaccel_bo *bo = kzalloc(sizeof(*bo), GFP_KERNEL_ACCOUNT);
+	struct vaccel_bo *bo;
 
+	/* The shmem helpers free the object as their own struct. */
+	BUILD_BUG_ON(offsetof(struct vaccel_bo, base) != 0);
+	bo = kzalloc(sizeof(*bo), GFP_KERNEL_ACCOUNT);
 	if (!bo)
 		return ERR_PTR(-ENOMEM);
 	bo->base.base.funcs = &vaccel_gem_funcs;
@@ -219,6 +237,81 @@ static int vaccel_bo_attach(struct vaccel_device *vd, struct vaccel_ctx *ctx,
 	else
 		vaccel_req_put(r);
 	return ret;
+}
+
+/*
+ * A handle to @obj was made in @file: an imported buffer not yet bound to a
+ * context becomes a host buffer of the file's. Buffers already bound stay
+ * their context's; jobs of other contexts are refused them.
+ */
+static int vaccel_gem_open(struct drm_gem_object *obj, struct drm_file *file)
+{
+	struct vaccel_device *vd = to_vaccel(obj->dev);
+	struct vaccel_bo *bo = to_vaccel_bo(obj);
+	struct vaccel_ctx *ctx = file->driver_priv;
+	struct vaccel_teardown *t;
+	int idx, ret;
+
+	if (!bo->imported || READ_ONCE(bo->ctx))
+		return 0;
+	if (!ctx)
+		return -EINVAL;
+	if (obj->size > vd->max_bo_size)
+		return -E2BIG;
+	if (READ_ONCE(ctx->lost))
+		return -EIO;
+	if (!drm_dev_enter(obj->dev, &idx))
+		return -ENODEV;
+	t = vaccel_teardown_alloc(vd, VIRTIO_ACCEL_CMD_BO_DESTROY);
+	if (!t) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	/* The first file to get a handle binds it, even if two race. */
+	kref_get(&ctx->ref);
+	if (cmpxchg(&bo->ctx, NULL, ctx)) {
+		vaccel_ctx_put(ctx);
+		vaccel_teardown_free(t);
+		ret = 0;
+		goto out;
+	}
+	bo->teardown = t;
+	ret = vaccel_bo_attach(vd, ctx, bo);
+out:
+	drm_dev_exit(idx);
+	return ret;
+}
+
+struct drm_gem_object *vaccel_gem_prime_import(struct drm_device *dev, struct dma_buf *buf)
+{
+	struct vaccel_device *vd = to_vaccel(dev);
+	struct device *dma_dev = vaccel_dma_dev(vd);
+
+	/*
+	 * Without VIRTIO_F_ACCESS_PLATFORM the device takes guest-physical
+	 * addresses: the exporter's mapping for the parent gives them only
+	 * when no IOMMU translates and nothing bounces.
+	 */
+	if (virtio_has_dma_quirk(vd->vdev) &&
+	    (device_iommu_mapped(dma_dev) || is_swiotlb_force_bounce(dma_dev)))
+		return ERR_PTR(-EOPNOTSUPP);
+	return drm_gem_prime_import_dev(dev, buf, dma_dev);
+}
+
+struct drm_gem_object *vaccel_gem_prime_import_sg_table(struct drm_device *dev,
+							struct dma_buf_attachment *attach,
+							struct sg_table *sgt)
+{
+	struct drm_gem_object *obj = drm_gem_shmem_prime_import_sg_table(dev, attach, sgt);
+	struct vaccel_bo *bo;
+
+	if (IS_ERR(obj))
+		return obj;
+	bo = to_vaccel_bo(obj);
+	bo->imported = true;
+	bo->sgt = sgt;
+	bo->sgt_mapped = true;
+	return obj;
 }
 
 int vaccel_ioctl_bo_create(struct drm_device *dev, void *data, struct drm_file *file)

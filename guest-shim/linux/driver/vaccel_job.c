@@ -281,6 +281,13 @@ static struct vaccel_req *vaccel_job_req(struct vaccel_device *vd, struct vaccel
 	r = vaccel_req_alloc(vd, &vd->submit, len, sizeof(struct virtio_accel_resp_submit));
 	if (!r)
 		return NULL;
+	/*
+	 * The job holds the context; the generation alone makes the queue
+	 * refuse it (-EIO) once a reset has lost the context, so it never
+	 * reaches a device that does not know the context, or that gave its
+	 * id to another file's.
+	 */
+	r->gen = ctx->gen;
 	s = vaccel_req_body(r);
 	s->hdr.type = cpu_to_le32(VIRTIO_ACCEL_CMD_SUBMIT);
 	s->hdr.ctx_id = cpu_to_le32(ctx->id);

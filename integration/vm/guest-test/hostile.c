@@ -34,12 +34,64 @@ static int expect(int fd, const char *what, unsigned long cmd, void *arg, int wa
 	return 0;
 }
 
+
+/* The NPU's own requests: the software NPU counts each file's jobs alone. */
+static int case_npu_ioctl(void *unused)
+{
+	int fd = vt_open(), other = vt_open(), bad = 0;
+	uint64_t stats[4] = { 0 }, none[4] = { 0 };
+	static uint8_t room[4097];
+	uint64_t out = (uintptr_t)stats;
+	struct drm_vaccel_ioctl a = { .cmd = 1, .out_size = sizeof(stats), .out = out };
+	struct drm_vaccel_ioctl b = { .cmd = 1, .out_size = sizeof(none), .out = (uintptr_t)none };
+	uint32_t src, dst;
+
+	if (fd < 0 || other < 0 || vt_bo(fd, 4096, &src) || vt_bo(fd, 4096, &dst)) {
+		msg("setup failed");
+		return 1;
+	}
+	for (int i = 0; i < 3; i++)
+		if (vt_copy_job(fd, src, dst, 4096)) {
+			msg("copy job %d failed", i);
+			return 1;
+		}
+	bad += expect(fd, "get_stats", DRM_IOCTL_VACCEL_IOCTL, &a, 0);
+	bad += expect(other, "get_stats other file", DRM_IOCTL_VACCEL_IOCTL, &b, 0);
+	if (a.out_size != 32 || stats[0] != 3 || stats[1] != 0 || b.out_size != 32 || none[0]) {
+		msg("get_stats: %u bytes, %llu jobs done, %llu failed; other file %u bytes, %llu done; want 32, 3, 0; 32, 0",
+		    a.out_size, (unsigned long long)stats[0], (unsigned long long)stats[1],
+		    b.out_size, (unsigned long long)none[0]);
+		bad++;
+	}
+	{
+		struct drm_vaccel_ioctl unknown = { .cmd = 0x77, .out_size = 32, .out = out };
+		struct drm_vaccel_ioctl in = { .cmd = 1, .in_size = 4, .in = (uintptr_t)room,
+					       .out_size = 32, .out = out };
+		struct drm_vaccel_ioctl small = { .cmd = 1, .out_size = 16, .out = out };
+		struct drm_vaccel_ioctl big = { .cmd = 1, .out_size = 4097, .out = (uintptr_t)room };
+		struct drm_vaccel_ioctl pad = { .cmd = 1, .pad = 1, .out_size = 32, .out = out };
+		struct drm_vaccel_ioctl kin = { .cmd = 1, .in_size = 4, .in = KPTR,
+						.out_size = 32, .out = out };
+		struct drm_vaccel_ioctl kout = { .cmd = 1, .out_size = 32, .out = KPTR };
+
+		bad += expect(fd, "npu ioctl unknown", DRM_IOCTL_VACCEL_IOCTL, &unknown, -EOPNOTSUPP);
+		bad += expect(fd, "npu ioctl in_size", DRM_IOCTL_VACCEL_IOCTL, &in, -EINVAL);
+		bad += expect(fd, "npu ioctl out_size small", DRM_IOCTL_VACCEL_IOCTL, &small, -EINVAL);
+		bad += expect(fd, "npu ioctl out_size big", DRM_IOCTL_VACCEL_IOCTL, &big, -E2BIG);
+		bad += expect(fd, "npu ioctl pad", DRM_IOCTL_VACCEL_IOCTL, &pad, -EINVAL);
+		bad += expect(fd, "npu ioctl in kernel", DRM_IOCTL_VACCEL_IOCTL, &kin, -EFAULT);
+		bad += expect(fd, "npu ioctl out kernel", DRM_IOCTL_VACCEL_IOCTL, &kout, -EFAULT);
+	}
+	close(other);
+	close(fd);
+	return bad;
+}
 /* Every driver ioctl with bad pointers, huge counts, nonzero pad, unknown flags. */
 static int case_garbage(void *unused)
 {
 	unsigned long cmds[] = { DRM_IOCTL_VACCEL_GET_CAPS, DRM_IOCTL_VACCEL_BO_CREATE,
 				 DRM_IOCTL_VACCEL_BO_INFO, DRM_IOCTL_VACCEL_SUBMIT,
-				 DRM_IOCTL_VACCEL_BO_WAIT };
+				 DRM_IOCTL_VACCEL_BO_WAIT, DRM_IOCTL_VACCEL_IOCTL };
 	uint64_t ptrs[] = { 0, UNMAPPED, KPTR };
 	int fd = vt_open(), bad = 0;
 	struct drm_vaccel_caps caps;
@@ -429,6 +481,7 @@ int hostile_main(int argc, char **argv)
 	if (argc > 1)
 		max_bos = atoi(argv[1]);
 	vt_case("ioctl-garbage", case_garbage, NULL, 60);
+	vt_case("npu-ioctl", case_npu_ioctl, NULL, 60);
 	vt_case("max-in-fences", case_max_in_fences, NULL, 60);
 	vt_case("jobs-throttled", case_throttle, NULL, 60);
 	vt_case("fence-no-leak", case_fence_leak, NULL, 120);
@@ -438,6 +491,7 @@ int hostile_main(int argc, char **argv)
 	vt_case("close-during-submit", case_close_race, NULL, 60);
 	vt_case("prime-other-context", case_prime, NULL, 60);
 	vt_case("flink-other-context", case_flink, NULL, 60);
+	vt_case("prime-udmabuf", case_udmabuf, NULL, 60);
 	vt_case("cmd-bo-held", case_cmd_held, NULL, 60);
 	vt_case("bo-quota-enospc", case_quota_errno, NULL, 60);
 	vt_case("big-scattered-bo", case_big_bo, NULL, 120);

@@ -57,6 +57,9 @@ int case_fork(void *unused);
 int case_close_race(void *unused);
 int case_prime(void *unused);
 int case_flink(void *unused);
+
+/* prime.c */
+int case_udmabuf(void *unused);
 int case_cmd_held(void *unused);
 
 int hostile_main(int argc, char **argv);

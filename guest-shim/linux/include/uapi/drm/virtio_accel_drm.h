@@ -47,6 +47,7 @@ extern "C" {
 #define DRM_VACCEL_BO_INFO	0x02
 #define DRM_VACCEL_SUBMIT	0x03
 #define DRM_VACCEL_BO_WAIT	0x04
+#define DRM_VACCEL_IOCTL	0x05
 
 #define DRM_IOCTL_VACCEL_GET_CAPS \
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_GET_CAPS, struct drm_vaccel_caps)
@@ -58,6 +59,8 @@ extern "C" {
 	DRM_IOW(DRM_COMMAND_BASE + DRM_VACCEL_SUBMIT, struct drm_vaccel_submit)
 #define DRM_IOCTL_VACCEL_BO_WAIT \
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_BO_WAIT, struct drm_vaccel_bo_wait)
+#define DRM_IOCTL_VACCEL_IOCTL \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_IOCTL, struct drm_vaccel_ioctl)
 
 /**
  * struct drm_vaccel_caps - capabilities of the NPU behind the node
@@ -180,6 +183,33 @@ struct drm_vaccel_bo_wait {
 	__s64 timeout_ns;
 	__u32 job_status;
 	__u32 pad2;
+};
+
+/**
+ * struct drm_vaccel_ioctl - a request of the NPU driver behind the device
+ *
+ * Forwarded as the device's IOCTL request for the file's context. What
+ * @cmd means is the NPU's (drm_vaccel_caps.npu_kind): the software NPU's
+ * SNPU_IOCTL_*, or a host accel driver's own ioctl number with its struct
+ * and pointed-to data flattened after it (the device specification, IOCTL).
+ * Fails with EOPNOTSUPP when the device forwards no such requests or not
+ * this one, E2BIG for a payload above 4096 bytes, EINVAL for one the
+ * NPU driver refuses, EIO once the context is lost.
+ *
+ * @cmd: (in) the NPU driver's request
+ * @in_size: (in) bytes at @in, at most 4096
+ * @out_size: (in) room at @out, at most 4096; (out) bytes the answer holds
+ * @pad: (in) must be zero
+ * @in: (in) pointer to the request's payload
+ * @out: (in) pointer to room for the answer's payload
+ */
+struct drm_vaccel_ioctl {
+	__u32 cmd;
+	__u32 in_size;
+	__u32 out_size;
+	__u32 pad;
+	__u64 in;
+	__u64 out;
 };
 
 #if defined(__cplusplus)

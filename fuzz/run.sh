@@ -43,7 +43,7 @@ if [ "${1:-ci}" = ci ]; then
     cargo fuzz build
     # The seed generator is built by no target: keep it compiling.
     cargo check -q --examples
-    for t in decode snpu device ring state onnx; do
+    for t in decode snpu device ring state onnx uapi; do
         echo "fuzz: $t: replaying corpus/$t ($(find "corpus/$t" -type f | wc -l) inputs)"
         # shellcheck disable=SC2046
         fuzz "$t" "corpus/$t" -- -runs=0 $(limits "$t")

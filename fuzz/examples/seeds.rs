@@ -646,4 +646,58 @@ fn main() {
     for (name, bytes) in onnx_models() {
         write(dir, "onnx", name, &bytes);
     }
+    for (name, bytes) in uapi_requests() {
+        write(dir, "uapi", &name, &bytes);
+    }
+}
+
+/// One admitted request per driver ioctl: allowed values, one element
+/// per counted pointer, room for the answer.
+fn uapi_requests() -> Vec<(String, Vec<u8>)> {
+    use vhost_device_accel::backend::accel::uapi::{Count, Route, Rule, TABLES};
+    let mut v = Vec::new();
+    let mut pick = 0u8;
+    for t in TABLES {
+        for i in t.ioctls {
+            let mut s = vec![0u8; i.size];
+            let mut data = Vec::new();
+            for f in i.fields {
+                match f.rule {
+                    Rule::OneOf(vals, _) => {
+                        s[f.off..f.off + f.width].copy_from_slice(&vals[0].to_le_bytes()[..f.width])
+                    }
+                    Rule::Pointer(p) => {
+                        let n = match p.count {
+                            Count::Fixed(n) => n as usize,
+                            Count::Field { off, width, .. } => {
+                                s[off..off + width].copy_from_slice(&1u64.to_le_bytes()[..width]);
+                                1
+                            }
+                        };
+                        if p.dir.sent() {
+                            let mut e = vec![0u8; p.elem];
+                            for ef in p.elem_fields {
+                                if let Rule::OneOf(vals, _) = ef.rule {
+                                    e[ef.off..ef.off + ef.width]
+                                        .copy_from_slice(&vals[0].to_le_bytes()[..ef.width]);
+                                }
+                            }
+                            for _ in 0..n {
+                                data.extend_from_slice(&e);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let route = u8::from(i.route == Route::Submit);
+            let mut b = vec![pick, route];
+            b.extend(4096u16.to_le_bytes());
+            b.extend(s);
+            b.extend(data);
+            v.push((i.name.to_lowercase(), b));
+            pick += 1;
+        }
+    }
+    v
 }

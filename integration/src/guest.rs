@@ -218,15 +218,20 @@ impl Guest {
     pub fn connect(path: &Path, opts: GuestOptions) -> Guest {
         let (mut frontend, features, config) = handshake(path, &opts);
 
-        // Guest memory: one memfd per region, regions back to back.
+        // Guest memory: one memfd per region, regions back to back, sealed
+        // against resizing as QEMU's memory-backend-memfd seals it (what a
+        // backend importing guest memory through udmabuf needs).
         let mut ranges = Vec::new();
         let mut at = 0u64;
         for &len in &opts.regions {
-            let file = memfd::MemfdOptions::default()
+            let mfd = memfd::MemfdOptions::default()
+                .allow_sealing(true)
                 .create("guest-ram")
-                .unwrap()
-                .into_file();
-            file.set_len(len).unwrap();
+                .unwrap();
+            mfd.as_file().set_len(len).unwrap();
+            mfd.add_seal(memfd::FileSeal::SealShrink).unwrap();
+            mfd.add_seal(memfd::FileSeal::SealGrow).unwrap();
+            let file = mfd.into_file();
             ranges.push((
                 GuestAddress(at),
                 len as usize,

@@ -103,6 +103,8 @@ log "building the daemon, the test tools and the static guest tools"
     --bin vhost-user-null)
 (cd "$TOP" && RUSTFLAGS='-C target-feature=+crt-static' cargo build -q --release \
     --target x86_64-unknown-linux-gnu -p virtio-accel-guest --bins)
+(cd "$TOP" && RUSTFLAGS='-C target-feature=+crt-static' cargo build -q --release \
+    --target x86_64-unknown-linux-gnu -p virtio-accel-integration --bin accel-forward-check)
 
 log "building the initramfs"
 S=$R/tmp/stage; I=$R/tmp/initramfs
@@ -117,7 +119,7 @@ mkdir -p "$I/bin" "$I/lib" "$I/proc" "$I/sys" "$I/dev" "$I/tmp"
 cp "$CACHE/tools/usr/bin/busybox" "$I/bin/"
 cp "$HERE/init" "$I/init"
 chmod +x "$I/init"
-for t in accel-info accel-run; do
+for t in accel-info accel-run accel-forward-check; do
     cp "$TOP/target/x86_64-unknown-linux-gnu/release/$t" "$I/bin/"
 done
 cp "$B/drm-version" "$B/vaccel-test" "$I/bin/"
@@ -326,23 +328,27 @@ fi
 for p in "${pids[@]}"; do wait "$p" || true; done
 
 fail=0
-verdict() { # verdict NAME EXPECTED-PASSES: the guest's checks and the host's
+# The guest's log and the host's checks of it (a .host file only some
+# guests have), read once: under pipefail, neither a missing file nor a
+# writer cut short by `grep -q` may decide the verdict.
+verdict() { # verdict NAME EXPECTED-PASSES
     g=$CACHE/$1.log
+    local all n_pass
+    all=$(cat "$g" "$g.host" 2>/dev/null | tr -d '\r' || true)
     echo "--- $1"
-    cat "$g" "$g.host" 2>/dev/null |
-        grep -E '^(CHECK|  |accel-run:|accel-info:|libdrm|npu:|driver:|inflight:|pipeline:)' |
-        tr -d '\r' || true
-    n_pass=$(cat "$g" "$g.host" 2>/dev/null | grep -c '^CHECK .* PASS' || true)
-    if cat "$g" "$g.host" 2>/dev/null | grep -q '^CHECK .* FAIL' || [ "$n_pass" -lt "$2" ] ||
-        ! grep -q E2E-DONE "$g"; then
+    grep -E '^(CHECK|  |accel-run:|accel-info:|accel-forward-check:|libdrm|npu:|driver:|inflight:|pipeline:)' \
+        <<<"$all" || true
+    n_pass=$(grep -c '^CHECK .* PASS' <<<"$all" || true)
+    if grep -q '^CHECK .* FAIL' <<<"$all" || [ "$n_pass" -lt "$2" ] ||
+        ! grep -q E2E-DONE <<<"$all"; then
         fail=1
         echo "--- $1: last lines"
         tail -40 "$g"
     fi
 }
-if want side; then for i in $(seq 0 $((VMS - 1))); do verdict "guest$i" 9; done; fi
+if want side; then for i in $(seq 0 $((VMS - 1))); do verdict "guest$i" 10; done; fi
 if want hang; then verdict guest-hang 8; fi
-if want hostile; then verdict guest-hostile 17; fi
+if want hostile; then verdict guest-hostile 19; fi
 if want lifecycle; then verdict guest-lifecycle 9; fi
 if want pause; then verdict guest-pause $((ROUNDS > 0 ? 8 : 6)); fi
 if want reconnect; then

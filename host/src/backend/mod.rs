@@ -19,6 +19,7 @@
 //! Nothing here knows virtio: buffers are guest memory ranges, command
 //! streams are bytes, and jobs are named by the caller's [`JobId`].
 
+pub mod accel;
 pub mod sim;
 
 use std::os::fd::RawFd;

@@ -3,7 +3,7 @@
 //! while a job runs. Nothing here outlives the memory snapshot it was
 //! resolved from: a [`BoMem`] borrows the snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 
 use vhost_user_backend::bitmap::BitmapMmapRegion;
@@ -56,6 +56,14 @@ impl Backing {
 
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Whether every range starts and ends on a 4 KiB page boundary.
+    pub fn page_aligned(&self) -> bool {
+        let page = virtio_accel_protocol::VIRTIO_ACCEL_PAGE_SIZE;
+        self.ranges
+            .iter()
+            .all(|&(a, l)| a % page == 0 && u64::from(l) % page == 0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -121,16 +129,19 @@ impl Backing {
 /// Bytes moved through buffer memory, counted where each copy happens;
 /// read by tests and benchmarks to account for every byte the data path
 /// copies.
+///
+/// The counters are the daemon's Prometheus series when the VM's metrics
+/// made them ([`crate::metrics::VmMetrics::copy_stats`]).
 #[derive(Debug, Default)]
 pub struct MemStats {
     /// Bytes read from buffers into host memory (the NPU's staging buffer,
     /// or a command stream copied out of its buffer).
-    pub npu_read: AtomicU64,
+    pub npu_read: Counter,
     /// Bytes written into buffers from host memory (op outputs).
-    pub npu_written: AtomicU64,
+    pub npu_written: Counter,
     /// Bytes copied buffer to buffer with no host copy between (each read
     /// once from guest memory and written once).
-    pub npu_copied: AtomicU64,
+    pub npu_copied: Counter,
 }
 
 /// A buffer's bytes in guest memory, as a list of host-mapped segments.
@@ -207,9 +218,7 @@ impl<'m> BoMem<'m> {
             s.copy_to(dst);
             Ok(())
         })?;
-        self.stats
-            .npu_read
-            .fetch_add(total as u64, Ordering::Relaxed);
+        self.stats.npu_read.inc_by(total as u64);
         Ok(())
     }
 
@@ -224,9 +233,7 @@ impl<'m> BoMem<'m> {
             s.copy_from(src);
             Ok(())
         })?;
-        self.stats
-            .npu_written
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.stats.npu_written.inc_by(buf.len() as u64);
         Ok(())
     }
 
@@ -253,9 +260,7 @@ impl<'m> BoMem<'m> {
                 Ok(())
             })
         })?;
-        dst.stats
-            .npu_copied
-            .fetch_add(len as u64, Ordering::Relaxed);
+        dst.stats.npu_copied.inc_by(len as u64);
         Ok(())
     }
 }
@@ -310,7 +315,7 @@ mod tests {
                 size: 0x2800
             })
         );
-        assert_eq!(stats.npu_written.load(Ordering::Relaxed), 0x1400);
+        assert_eq!(stats.npu_written.get(), 0x1400);
     }
 
     #[test]
@@ -335,7 +340,7 @@ mod tests {
             "destination too small"
         );
         // Each path counts what it moved, a refused copy nothing.
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let n = |c: &Counter| c.get();
         assert_eq!(n(&stats.npu_copied), 0xd00);
         assert_eq!(n(&stats.npu_written), 0x1300 + 0xe00);
         assert_eq!(n(&stats.npu_read), 0xd00);

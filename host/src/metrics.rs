@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use virtio_accel_protocol::*;
 
 use crate::config::Limits;
+use crate::memory::MemStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VmLabel {
@@ -38,6 +39,12 @@ struct RequestLabel {
     status: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CopyLabel {
+    vm: String,
+    path: &'static str,
+}
+
 type Seconds = Counter<f64, AtomicU64>;
 
 /// Every metric the daemon keeps.
@@ -54,6 +61,7 @@ pub struct DaemonMetrics {
     bos_quota: Family<VmLabel, Gauge>,
     weight: Family<VmLabel, Gauge>,
     requests: Family<RequestLabel, Counter>,
+    copied: Family<CopyLabel, Counter>,
     busy_seconds: Seconds,
     engines: Gauge,
     on_engine: Gauge,
@@ -78,6 +86,7 @@ impl DaemonMetrics {
             bos_quota: Family::default(),
             weight: Family::default(),
             requests: Family::default(),
+            copied: Family::default(),
             busy_seconds: Seconds::default(),
             engines: Gauge::default(),
             on_engine: Gauge::default(),
@@ -124,6 +133,15 @@ impl DaemonMetrics {
             m.requests.clone(),
         );
         r.register(
+            "guest_bytes_copied",
+            "Bytes of the VM's buffers the daemon itself copied, by path: \
+             npu_read (into the NPU's staging memory), npu_written (results \
+             written back), npu_copied (buffer to buffer), cmd_read (command \
+             streams copied out of buffers); zero on the data path of a \
+             backend whose NPU uses guest memory in place",
+            m.copied.clone(),
+        );
+        r.register(
             "engine_busy_seconds",
             "Engine time spent running jobs, all engines together",
             m.busy_seconds.clone(),
@@ -162,6 +180,15 @@ impl DaemonMetrics {
         })
     }
 
+    fn copy_counter(&self, vm: &str, path: &'static str) -> Counter {
+        self.copied
+            .get_or_create(&CopyLabel {
+                vm: vm.to_owned(),
+                path,
+            })
+            .clone()
+    }
+
     /// The exposition, in the Prometheus / OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut s = String::new();
@@ -177,6 +204,28 @@ impl DaemonMetrics {
 
     pub(crate) fn set_on_engine(&self, n: usize) {
         self.on_engine.set(n as i64);
+    }
+}
+
+impl VmMetrics {
+    /// Counters of the bytes the NPU's data path copies to and from this
+    /// VM's buffers, exposed as `guest_bytes_copied{path="npu_*"}`.
+    pub fn npu_copy_stats(&self) -> MemStats {
+        let d = &self.daemon;
+        MemStats {
+            npu_read: d.copy_counter(&self.name, "npu_read"),
+            npu_written: d.copy_counter(&self.name, "npu_written"),
+            npu_copied: d.copy_counter(&self.name, "npu_copied"),
+        }
+    }
+
+    /// Counters of the command-stream bytes copied out of this VM's
+    /// buffers (`path="cmd_read"`).
+    pub fn cmd_copy_stats(&self) -> MemStats {
+        MemStats {
+            npu_read: self.daemon.copy_counter(&self.name, "cmd_read"),
+            ..MemStats::default()
+        }
     }
 }
 

@@ -39,7 +39,9 @@ pub enum ServeError {
 }
 
 /// What one connected VM holds right now, and every byte the daemon has
-/// copied to or from its guest memory since it connected, by path.
+/// copied to or from its guest memory, by path: the ring paths since it
+/// connected, the buffer paths since the daemon started (they are the
+/// VM's Prometheus counters, which a reconnect continues).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct VmStats {
     pub counts: Counts,
@@ -185,7 +187,12 @@ impl<B: Backend> Server<B> {
     /// bound between VMs, so a VMM that reconnects while the last one is
     /// torn down waits in the backlog instead of finding no socket.
     pub fn serve_forever(&self, vm: &VmConfig) -> Result<(), ServeError> {
-        let mut listener = Listener::new(&vm.socket, true).map_err(ServeError::Listen)?;
+        let listener = Listener::new(&vm.socket, true).map_err(ServeError::Listen)?;
+        self.serve_listener(vm, listener)
+    }
+
+    /// Serves the VM's socket, already bound to `listener`, forever.
+    pub fn serve_listener(&self, vm: &VmConfig, mut listener: Listener) -> Result<(), ServeError> {
         loop {
             self.serve_once(vm, &mut listener)?;
         }
@@ -193,11 +200,22 @@ impl<B: Backend> Server<B> {
 
     /// Starts a thread serving a VM's socket forever.
     pub fn spawn(self: &Arc<Self>, vm: VmConfig) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let listener = Listener::new(&vm.socket, true).map_err(std::io::Error::other)?;
+        self.spawn_on(vm, listener)
+    }
+
+    /// Starts a thread serving a VM's socket, already bound to `listener`,
+    /// forever.
+    pub fn spawn_on(
+        self: &Arc<Self>,
+        vm: VmConfig,
+        listener: Listener,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let s = self.clone();
         std::thread::Builder::new()
             .name(format!("vm-{}", vm.label()))
             .spawn(move || {
-                if let Err(e) = s.serve_forever(&vm) {
+                if let Err(e) = s.serve_listener(&vm, listener) {
                     tracing::error!("{}: {e}", vm.socket.display());
                 }
             })
@@ -214,6 +232,7 @@ impl<B: Backend> Server<B> {
                 let dev = vm.device.lock().ok()?;
                 let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
                 let (ring, npu) = (b.ring_stats(), &vm.mem.npu_stats);
+                let c = |c: &prometheus_client::metrics::counter::Counter| c.get();
                 let s = VmStats {
                     counts: dev.counts(),
                     parked_chains: b.parked(),
@@ -221,10 +240,10 @@ impl<B: Backend> Server<B> {
                     request_bytes_read: n(&ring.request_read),
                     response_bytes_written: n(&ring.response_written),
                     event_bytes_written: n(&ring.event_written),
-                    cmd_bytes_copied: n(&dev.cmd_stats.npu_read),
-                    npu_bytes_read: n(&npu.npu_read),
-                    npu_bytes_written: n(&npu.npu_written),
-                    npu_bytes_copied: n(&npu.npu_copied),
+                    cmd_bytes_copied: c(&dev.cmd_stats.npu_read),
+                    npu_bytes_read: c(&npu.npu_read),
+                    npu_bytes_written: c(&npu.npu_written),
+                    npu_bytes_copied: c(&npu.npu_copied),
                     device_seconds: vm.metrics.device_seconds(),
                 };
                 Some((p, s))

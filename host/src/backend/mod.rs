@@ -45,6 +45,10 @@ pub struct Caps {
     /// Whether jobs stop at [`Backend::preempt`]; without it the scheduler
     /// shares the NPU only at job boundaries.
     pub preemptible: bool,
+    /// Whether the backend imports buffers page by page (a host driver's
+    /// buffers over the guest's pages): backing entries must then be
+    /// page-aligned (`VIRTIO_ACCEL_F_PAGE_ALIGNED`).
+    pub page_aligned: bool,
 }
 
 /// A validated job, ready to submit.
@@ -73,6 +77,10 @@ pub enum BackendError {
     NoMemory(String),
     #[error("the NPU refused: {0}")]
     Device(String),
+    /// The backend cannot serve this at all (memory it cannot hand to its
+    /// host driver, a buffer above the host's import limits).
+    #[error("not supported by this NPU: {0}")]
+    Unsupported(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -81,6 +89,9 @@ pub enum IoctlError {
     Unsupported(u32),
     #[error("ioctl {cmd:#x}: {why}")]
     Invalid { cmd: u32, why: &'static str },
+    /// The host driver refused the call (its errno).
+    #[error("ioctl {cmd:#x}: the host driver answered errno {errno}")]
+    Host { cmd: u32, errno: i32 },
 }
 
 /// Why a backend lost a context.

@@ -14,6 +14,7 @@ fn backend_status(e: &BackendError) -> Status {
         BackendError::Invalid(_) => VIRTIO_ACCEL_RESP_ERR_INVALID,
         BackendError::OutOfRange(_) => VIRTIO_ACCEL_RESP_ERR_OUT_OF_RANGE,
         BackendError::NoMemory(_) | BackendError::Device(_) => VIRTIO_ACCEL_RESP_ERR_NO_MEMORY,
+        BackendError::Unsupported(_) => VIRTIO_ACCEL_RESP_ERR_UNSUPPORTED,
     }
 }
 
@@ -115,6 +116,16 @@ impl<B: Backend> Device<B> {
         let ctx = q.hdr.ctx_id.get();
         let held = self.backing_entries;
         let max = u64::from(self.limits.max_backing_entries);
+        // Spec: with a page-aligned device, an unaligned entry breaks the
+        // rule of a driver that accepted the feature, and asks a driver
+        // that did not for what the device cannot serve.
+        let unaligned = self.page_aligned.then(|| {
+            if self.has(VIRTIO_ACCEL_F_PAGE_ALIGNED) {
+                VIRTIO_ACCEL_RESP_ERR_INVALID
+            } else {
+                VIRTIO_ACCEL_RESP_ERR_UNSUPPORTED
+            }
+        });
         let bo = self.bo_mut(ctx, q.bo_handle.get())?;
         if bo.attached.is_some() || bo.flags & VIRTIO_ACCEL_BO_F_HOST != 0 {
             return Err(VIRTIO_ACCEL_RESP_ERR_INVALID);
@@ -129,6 +140,11 @@ impl<B: Backend> Device<B> {
         );
         if backing.len() != bo.size {
             return Err(VIRTIO_ACCEL_RESP_ERR_INVALID);
+        }
+        if let Some(status) = unaligned {
+            if !backing.page_aligned() {
+                return Err(status);
+            }
         }
         backing
             .check(mem)

@@ -67,6 +67,8 @@ type Status = u32;
 
 pub struct Device<B: Backend> {
     limits: Limits,
+    /// The backend takes only page-aligned backing.
+    page_aligned: bool,
     backend: Arc<B>,
     mem: VmMemory,
     metrics: Arc<VmMetrics>,
@@ -151,8 +153,10 @@ impl<B: Backend> Device<B> {
         mem: VmMemory,
         metrics: Arc<VmMetrics>,
     ) -> Device<B> {
+        let cmd_stats = Arc::new(metrics.cmd_copy_stats());
         Device {
             limits,
+            page_aligned: backend.caps().page_aligned,
             backend,
             mem,
             metrics,
@@ -167,7 +171,7 @@ impl<B: Backend> Device<B> {
             completions: Vec::new(),
             events: VecDeque::new(),
             stopped: false,
-            cmd_stats: Arc::new(MemStats::default()),
+            cmd_stats,
             dirty: Dirty::default(),
         }
     }
@@ -463,6 +467,7 @@ impl<B: Backend> Device<B> {
             .map_err(|e| match e {
                 IoctlError::Unsupported(_) => VIRTIO_ACCEL_RESP_ERR_UNSUPPORTED,
                 IoctlError::Invalid { .. } => VIRTIO_ACCEL_RESP_ERR_INVALID,
+                IoctlError::Host { .. } => VIRTIO_ACCEL_RESP_ERR_INVALID,
             })?;
         if out.len() > out_max {
             return Err(VIRTIO_ACCEL_RESP_ERR_INVALID);

@@ -129,6 +129,7 @@ impl<B: Backend> Device<B> {
             .map_err(|e| match e {
                 BackendError::OutOfRange(_) => VIRTIO_ACCEL_RESP_ERR_OUT_OF_RANGE,
                 BackendError::NoMemory(_) => VIRTIO_ACCEL_RESP_ERR_NO_MEMORY,
+                BackendError::Unsupported(_) => VIRTIO_ACCEL_RESP_ERR_UNSUPPORTED,
                 _ => VIRTIO_ACCEL_RESP_ERR_INVALID,
             })?;
         if prepared.work_bytes > self.limits.max_job_memory {

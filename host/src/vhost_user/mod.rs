@@ -43,7 +43,7 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::device::Device;
 use crate::lifecycle::{RingConfig, Rings, Start};
-use crate::memory::{GuestMem, MemStats, VmMemory};
+use crate::memory::{GuestMem, VmMemory};
 use crate::metrics::VmMetrics;
 use crate::queue::{RingStats, WriteArea};
 use crate::sched::{Scheduler, VmSlot};
@@ -160,7 +160,7 @@ impl<B: Backend> AccelBackend<B> {
             .map(Pending::Restarted);
         let mem = VmMemory {
             mem,
-            npu_stats: Arc::new(MemStats::default()),
+            npu_stats: Arc::new(metrics.npu_copy_stats()),
         };
         let mut device = Device::new(
             config.limits.clone(),
@@ -358,6 +358,14 @@ fn ring_config(v: &Vring) -> Option<RingConfig> {
     v.running().then(|| ring_place(v))
 }
 
+impl<B: Backend> AccelBackend<B> {
+    /// The device feature bits this device offers on its backend.
+    fn device_features(&self) -> u64 {
+        let page_aligned = self.inner.sched.backend().caps().page_aligned;
+        DEVICE_FEATURES | (u64::from(page_aligned) << VIRTIO_ACCEL_F_PAGE_ALIGNED)
+    }
+}
+
 impl<B: Backend> VhostUserBackend for AccelBackend<B> {
     type Bitmap = BitmapMmapRegion;
     type Vring = Vring;
@@ -377,12 +385,12 @@ impl<B: Backend> VhostUserBackend for AccelBackend<B> {
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
             | VhostUserVirtioFeatures::LOG_ALL.bits()
-            | DEVICE_FEATURES
+            | self.device_features()
     }
 
     fn acked_features(&self, features: u64) {
         if let Ok(mut d) = self.device() {
-            d.set_features(features & DEVICE_FEATURES);
+            d.set_features(features & self.device_features());
         }
     }
 

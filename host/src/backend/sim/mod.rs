@@ -189,6 +189,7 @@ impl Backend for SimNpu {
             ops: SNPU_OPS_ALL,
             engines: self.engines,
             preemptible: true,
+            page_aligned: false,
         }
     }
 

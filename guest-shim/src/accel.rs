@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use crate::job::JobStatus;
@@ -96,6 +96,25 @@ const SYNC_IOC_FILE_INFO: u32 = ((IOC_READ | IOC_WRITE) << 30)
     | ((size_of::<SyncFileInfo>() as u32) << 16)
     | ((b'>' as u32) << 8)
     | 4;
+
+/// Every ioctl request this library issues, on the node and on the
+/// sync_files it exports: what a sandboxed user of it allowlists.
+pub const IOCTLS: &[u32] = &[
+    DRM_IOCTL_VERSION,
+    DRM_IOCTL_PRIME_FD_TO_HANDLE,
+    DRM_IOCTL_GEM_CLOSE,
+    DRM_IOCTL_SYNCOBJ_CREATE,
+    DRM_IOCTL_SYNCOBJ_DESTROY,
+    DRM_IOCTL_SYNCOBJ_WAIT,
+    DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD,
+    SYNC_IOC_FILE_INFO,
+    DRM_IOCTL_VACCEL_GET_CAPS,
+    DRM_IOCTL_VACCEL_BO_CREATE,
+    DRM_IOCTL_VACCEL_BO_INFO,
+    DRM_IOCTL_VACCEL_SUBMIT,
+    DRM_IOCTL_VACCEL_BO_WAIT,
+    DRM_IOCTL_VACCEL_IOCTL,
+];
 
 /// An open accel node.
 pub struct Accel {
@@ -300,29 +319,25 @@ impl Accel {
         Ok(out)
     }
 
-    /// The status of the job whose fence `syncobj` holds, once signalled
-    /// (`WouldBlock` before): the fence's error, read through a sync_file.
-    pub fn job_status(&self, syncobj: u32) -> io::Result<JobStatus> {
+    /// The fence `syncobj` holds now, as a sync_file: readable once the
+    /// fence has signalled, so a poll set can wait for many jobs at once.
+    pub fn sync_file(&self, syncobj: u32) -> io::Result<OwnedFd> {
         let mut h = DrmSyncobjHandle {
             handle: syncobj,
             flags: DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE,
             ..Default::default()
         };
         self.ioctl(DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, &mut h)?;
-        // SAFETY: the kernel just gave us this descriptor; the File owns it.
-        let sync = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(h.fd) };
-        let mut info = SyncFileInfo::default();
-        // SAFETY: SYNC_IOC_FILE_INFO takes a struct sync_file_info, which
-        // `info` is; with num_fences 0 the kernel writes only that struct.
-        let r = unsafe { libc::ioctl(sync.as_raw_fd(), SYNC_IOC_FILE_INFO as _, &mut info) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        match info.status {
-            1 => Ok(JobStatus::Ok),
-            0 => Err(io::ErrorKind::WouldBlock.into()),
-            e => Ok(JobStatus::from_fence_error(e)),
-        }
+        // SAFETY: the kernel just gave us this descriptor; nothing else
+        // owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(h.fd) })
+    }
+
+    /// The status of the job whose fence `syncobj` holds, once signalled
+    /// (`WouldBlock` before): the fence's error, read through a sync_file.
+    pub fn job_status(&self, syncobj: u32) -> io::Result<JobStatus> {
+        sync_file_status(self.sync_file(syncobj)?.as_fd())?
+            .ok_or_else(|| io::ErrorKind::WouldBlock.into())
     }
 
     /// Waits for the job whose fence `syncobj` holds, up to `timeout_ms`:
@@ -369,6 +384,23 @@ impl Accel {
     pub fn submit_raw(&self, args: &mut DrmVaccelSubmit) -> io::Result<()> {
         self.ioctl(DRM_IOCTL_VACCEL_SUBMIT, args)
     }
+}
+
+/// The status of the job whose fence a sync_file holds: `None` while it
+/// has not signalled.
+pub fn sync_file_status(sync: BorrowedFd<'_>) -> io::Result<Option<JobStatus>> {
+    let mut info = SyncFileInfo::default();
+    // SAFETY: SYNC_IOC_FILE_INFO takes a struct sync_file_info, which
+    // `info` is; with num_fences 0 the kernel writes only that struct.
+    let r = unsafe { libc::ioctl(sync.as_raw_fd(), SYNC_IOC_FILE_INFO as _, &mut info) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(match info.status {
+        1 => Some(JobStatus::Ok),
+        0 => None,
+        e => Some(JobStatus::from_fence_error(e)),
+    })
 }
 
 impl Mapping {

@@ -5,8 +5,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use vhost::vhost_user::Listener;
+
+use crate::backend::accel::AccelNpu;
+use crate::backend::Backend;
 use crate::config::VmConfig;
+use crate::server::ServeError;
 use crate::{metrics, Config, Server};
+use crate::{processes, sandbox};
 use clap::{Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
@@ -14,6 +23,9 @@ use tracing_subscriber::EnvFilter;
 enum Driver {
     /// The built-in software NPU.
     Sim,
+    /// A Linux accel driver on the host (--device), identified by its
+    /// name; each guest context is one open file of its node.
+    Accel,
 }
 
 #[derive(Parser, Debug)]
@@ -35,6 +47,11 @@ struct Args {
     /// NPU driver the device forwards jobs to.
     #[arg(long, value_enum, default_value = "sim")]
     driver: Driver,
+    /// The host accel node for --driver accel (e.g. /dev/accel/accel0).
+    /// Needs /dev/udmabuf and guest memory the VMM shares as sealed memfds
+    /// (QEMU's memory-backend-memfd).
+    #[arg(long, required_if_eq("driver", "accel"))]
+    device: Option<PathBuf>,
     /// TOML file with limits, workers, job timeout and fault injection.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -62,6 +79,19 @@ struct Args {
     /// the state directory, before they are written (restart tests).
     #[arg(long, requires = "state_dir")]
     crash_after_commits: Option<u64>,
+    /// Serve each VM in its own process, under a seccomp allowlist
+    /// (always so with --driver accel): a crash of one VM's process leaves
+    /// the others serving, and it is started again. With --metrics-addr,
+    /// the Nth VM's process serves its metrics on the port plus N.
+    #[arg(long)]
+    vm_processes: bool,
+    /// What a VM's process does on a system call outside its allowlist:
+    /// kill (the process), log (the kernel logs it; it goes through), off.
+    #[arg(long, value_enum, default_value = "kill")]
+    seccomp: sandbox::Mode,
+    /// A VM's process: serve the VM at this index of the configuration.
+    #[arg(long = "serve-vm", hide = true)]
+    serve_vm: Option<usize>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -74,13 +104,43 @@ pub fn main() -> ExitCode {
         .with_env_filter(EnvFilter::new(&args.log_level))
         .with_writer(std::io::stderr)
         .init();
-    let config = match config_of(&args) {
+    let mut config = match config_of(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vhost-device-accel: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let per_vm = args.vm_processes || matches!(args.driver, Driver::Accel);
+    let mut metrics_addr = args.metrics_addr;
+    match args.serve_vm {
+        None if per_vm => {
+            // A node this backend cannot serve is refused here, once.
+            if let (Driver::Accel, Some(dev)) = (args.driver, &args.device) {
+                if let Err(e) = AccelNpu::open(dev, 1) {
+                    eprintln!("vhost-device-accel: --driver accel: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+            return processes::supervise(&argv, &config.vm);
+        }
+        None => {}
+        Some(i) => {
+            processes::die_with_parent();
+            let Some(vm) = config.vm.get(i).cloned() else {
+                eprintln!("vhost-device-accel: --serve-vm {i}: no such VM");
+                return ExitCode::FAILURE;
+            };
+            config.vm = vec![vm];
+            if let Some(a) = metrics_addr.as_mut().filter(|a| a.port() != 0) {
+                a.set_port(
+                    a.port()
+                        .saturating_add(u16::try_from(i).unwrap_or(u16::MAX)),
+                );
+            }
+        }
+    }
     let vms = config.vm.clone();
     if let Some(d) = &config.state_dir {
         if let Err(e) = std::fs::create_dir_all(d) {
@@ -88,9 +148,34 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let server = match args.driver {
-        Driver::Sim => Server::new_sim(config),
-    };
+    match (args.driver, &args.device) {
+        (Driver::Sim, _) => serve(Server::new_sim(config), &args, &vms, metrics_addr),
+        (Driver::Accel, Some(dev)) => match AccelNpu::open(dev, config.workers) {
+            Ok(npu) => serve(
+                Server::new(config, Arc::new(npu)),
+                &args,
+                &vms,
+                metrics_addr,
+            ),
+            Err(e) => {
+                eprintln!("vhost-device-accel: --driver accel: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        (Driver::Accel, None) => {
+            eprintln!("vhost-device-accel: --driver accel needs --device");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves `vms` until SIGINT or SIGTERM.
+fn serve<B: Backend>(
+    server: Result<Arc<Server<B>>, ServeError>,
+    args: &Args,
+    vms: &[VmConfig],
+    metrics_addr: Option<SocketAddr>,
+) -> ExitCode {
     let server = match server {
         Ok(s) => s,
         Err(e) => {
@@ -98,7 +183,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(addr) = args.metrics_addr {
+    if let Some(addr) = metrics_addr {
         match metrics::serve(addr, server.metrics().clone()) {
             Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
             Err(e) => {
@@ -117,9 +202,26 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for vm in &vms {
+    // Every socket is bound before a VM's process locks itself down.
+    let mut listeners = Vec::new();
+    for vm in vms {
+        match Listener::new(&vm.socket, true) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                eprintln!("vhost-device-accel: {}: {e}", vm.socket.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if args.serve_vm.is_some() {
+        if let Err(e) = sandbox::apply(args.seccomp) {
+            eprintln!("vhost-device-accel: seccomp: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    for (vm, l) in vms.iter().zip(listeners) {
         tracing::info!("serving {} (weight {})", vm.socket.display(), vm.weight);
-        if let Err(e) = server.spawn(vm.clone()) {
+        if let Err(e) = server.spawn_on(vm.clone(), l) {
             eprintln!("vhost-device-accel: {e}");
             return ExitCode::FAILURE;
         }
@@ -128,7 +230,7 @@ pub fn main() -> ExitCode {
         tracing::info!("signal {sig}: shutting down");
     }
     // Jobs are abandoned with the process; VMs see their sockets close.
-    for vm in &vms {
+    for vm in vms {
         let _ = std::fs::remove_file(&vm.socket);
     }
     server.shutdown();
@@ -142,6 +244,16 @@ fn config_of(args: &Args) -> Result<Config, String> {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
+    let faulty = !args.fail_jobs.is_empty()
+        || !args.hang_jobs.is_empty()
+        || !args.device_error_jobs.is_empty()
+        || args.latency_us.is_some();
+    if faulty && !matches!(args.driver, Driver::Sim) {
+        return Err("fault injection is the software NPU's (--driver sim)".into());
+    }
+    if args.device.is_some() && matches!(args.driver, Driver::Sim) {
+        return Err("--device names a host node for --driver accel".into());
+    }
     let faults = &mut config.sim.faults;
     faults.fail_jobs.extend(&args.fail_jobs);
     faults.hang_jobs.extend(&args.hang_jobs);
@@ -230,5 +342,18 @@ mod tests {
         assert!(config(&[]).unwrap_err().contains("no VM to serve"));
         assert!(config(&["--socket-path", "/tmp/a", "--fail-jobs", "x"]).is_err());
         assert!(config(&["--crash-after-commits", "1", "--socket-path", "/tmp/a"]).is_err());
+    }
+
+    #[test]
+    fn the_accel_driver_needs_a_device_and_no_faults() {
+        let s = ["--socket-path", "/tmp/a"];
+        let with = |extra: &[&str]| config(&[&s[..], extra].concat());
+        assert!(with(&["--driver", "accel"])
+            .unwrap_err()
+            .contains("--device"));
+        assert!(with(&["--driver", "accel", "--device", "/dev/accel/accel0"]).is_ok());
+        let e = with(&["--driver", "accel", "--device", "/d", "--hang-jobs", "1"]).unwrap_err();
+        assert!(e.contains("software NPU"), "{e}");
+        assert!(with(&["--device", "/dev/accel/accel0"]).is_err());
     }
 }

@@ -52,6 +52,10 @@ impl DaemonProcess {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: nothing of the daemon runs after this.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -147,7 +147,7 @@ pub fn check_seals(fd: BorrowedFd<'_>) -> Result<(), UdmabufError> {
 //     __u64 size; } list[]; } (include/uapi/linux/udmabuf.h)
 const UDMABUF_FLAGS_CLOEXEC: u32 = 0x01;
 /// `_IOW('u', 0x43, struct udmabuf_create_list)`.
-const UDMABUF_CREATE_LIST: libc::c_ulong = 0x4008_7543;
+pub const UDMABUF_CREATE_LIST: libc::c_ulong = 0x4008_7543;
 
 /// `/dev/udmabuf`, opened once.
 pub struct Udmabuf {

@@ -1,0 +1,127 @@
+//! One process per VM (`--vm-processes`, always with `--driver accel`):
+//! the daemon started by the operator supervises, and each VM is served by
+//! the same program started again for that VM alone, under the seccomp
+//! allowlist. A VM's process that dies (a crash, a kill) takes only that
+//! VM's device with it; the supervisor starts it again on the same socket,
+//! where the VMM reconnects.
+//!
+//! Processes are started with `exec`, not forked from this one: the
+//! supervisor has threads, and a fork of a threaded process may only exec.
+
+use std::ffi::OsString;
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use crate::config::VmConfig;
+
+/// The option that makes a process serve the VM at this index.
+pub const SERVE_VM: &str = "--serve-vm";
+
+/// Below this lifetime a process that ended is started again only after
+/// as long, so a VM whose process cannot start does not spin.
+const MIN_LIFE: Duration = Duration::from_secs(1);
+
+struct Vm {
+    label: String,
+    child: Option<Child>,
+    started: Instant,
+}
+
+fn start(args: &[OsString], i: usize) -> std::io::Result<Child> {
+    Command::new(std::env::current_exe()?)
+        .args(args)
+        .arg(SERVE_VM)
+        .arg(i.to_string())
+        .spawn()
+}
+
+/// Starts one process per VM with the daemon's own arguments `args` and
+/// keeps them running until SIGINT or SIGTERM, then stops them.
+pub fn supervise(args: &[OsString], vms: &[VmConfig]) -> ExitCode {
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vhost-device-accel: signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut procs = Vec::new();
+    for (i, vm) in vms.iter().enumerate() {
+        match start(args, i) {
+            Ok(c) => {
+                tracing::info!("{}: served by process {}", vm.label(), c.id());
+                procs.push(Vm {
+                    label: vm.label(),
+                    child: Some(c),
+                    started: Instant::now(),
+                });
+            }
+            Err(e) => {
+                eprintln!(
+                    "vhost-device-accel: starting the process of {}: {e}",
+                    vm.label()
+                );
+                stop(&mut procs);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    loop {
+        if let Some(sig) = signals.pending().next() {
+            tracing::info!("signal {sig}: stopping the VMs' processes");
+            stop(&mut procs);
+            for vm in vms {
+                let _ = std::fs::remove_file(&vm.socket);
+            }
+            return ExitCode::SUCCESS;
+        }
+        for (i, p) in procs.iter_mut().enumerate() {
+            let ended = match p.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Ok(None)) => None,
+                Some(Err(e)) => Some(e.to_string()),
+                None => Some("not running".into()),
+            };
+            let Some(why) = ended else { continue };
+            if p.child.is_some() {
+                tracing::warn!(
+                    "{}: its process ended ({why}); the other VMs are served",
+                    p.label
+                );
+                p.child = None;
+            }
+            if p.started.elapsed() < MIN_LIFE {
+                continue;
+            }
+            p.started = Instant::now();
+            match start(args, i) {
+                Ok(c) => {
+                    tracing::info!("{}: served again by process {}", p.label, c.id());
+                    p.child = Some(c);
+                }
+                Err(e) => tracing::error!("{}: starting its process: {e}", p.label),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop(procs: &mut [Vm]) {
+    for c in procs.iter_mut().filter_map(|p| p.child.as_mut()) {
+        // SAFETY: kill(2) on the pid of a child not yet waited for.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+    }
+    for c in procs.iter_mut().filter_map(|p| p.child.as_mut()) {
+        let _ = c.wait();
+    }
+}
+
+/// In a VM's process: ends it when the supervisor ends, however it ends.
+pub fn die_with_parent() {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes
+    // only this process's own attribute.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+}

@@ -150,7 +150,10 @@ pub fn main() -> ExitCode {
     }
     match (args.driver, &args.device) {
         (Driver::Sim, _) => serve(Server::new_sim(config), &args, &vms, metrics_addr),
-        (Driver::Accel, Some(dev)) => match AccelNpu::open(dev, config.workers) {
+        // One job per VM in the host driver at a time: the driver shares
+        // its NPU between its open files, and a VM's job does not wait
+        // there behind its own.
+        (Driver::Accel, Some(dev)) => match AccelNpu::open(dev, 1) {
             Ok(npu) => serve(
                 Server::new(config, Arc::new(npu)),
                 &args,
@@ -219,14 +222,33 @@ fn serve<B: Backend>(
             return ExitCode::FAILURE;
         }
     }
+    let mut threads = Vec::new();
     for (vm, l) in vms.iter().zip(listeners) {
         tracing::info!("serving {} (weight {})", vm.socket.display(), vm.weight);
-        if let Err(e) = server.spawn_on(vm.clone(), l) {
-            eprintln!("vhost-device-accel: {e}");
-            return ExitCode::FAILURE;
+        match server.spawn_on(vm.clone(), l) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                eprintln!("vhost-device-accel: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
-    if let Some(sig) = signals.forever().next() {
+    if args.serve_vm.is_some() {
+        // A VM's process whose VM is no longer served ends, so that the
+        // supervisor starts it again.
+        loop {
+            if let Some(sig) = signals.pending().next() {
+                tracing::info!("signal {sig}: shutting down");
+                break;
+            }
+            if threads.iter().any(std::thread::JoinHandle::is_finished) {
+                tracing::error!("the VM is no longer served; ending its process");
+                server.shutdown();
+                return ExitCode::FAILURE;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    } else if let Some(sig) = signals.forever().next() {
         tracing::info!("signal {sig}: shutting down");
     }
     // Jobs are abandoned with the process; VMs see their sockets close.

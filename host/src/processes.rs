@@ -27,11 +27,16 @@ struct Vm {
     started: Instant,
 }
 
+/// The supervisor's pid, in the environment of a VM's process.
+const SUPERVISOR_ENV: &str = "VHOST_DEVICE_ACCEL_SUPERVISOR";
+
 fn start(args: &[OsString], i: usize) -> std::io::Result<Child> {
-    Command::new(std::env::current_exe()?)
+    // This very program, even if its file was replaced since it started.
+    Command::new("/proc/self/exe")
         .args(args)
         .arg(SERVE_VM)
         .arg(i.to_string())
+        .env(SUPERVISOR_ENV, std::process::id().to_string())
         .spawn()
 }
 
@@ -109,19 +114,36 @@ pub fn supervise(args: &[OsString], vms: &[VmConfig]) -> ExitCode {
     }
 }
 
+/// How long the VMs' processes get to end after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 fn stop(procs: &mut [Vm]) {
     for c in procs.iter_mut().filter_map(|p| p.child.as_mut()) {
-        // SAFETY: kill(2) on the pid of a child not yet waited for.
-        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        if let Ok(pid) = libc::pid_t::try_from(c.id()) {
+            // SAFETY: kill(2) on the pid of a child not yet waited for.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
     }
+    let deadline = Instant::now() + STOP_GRACE;
     for c in procs.iter_mut().filter_map(|p| p.child.as_mut()) {
+        while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
         let _ = c.wait();
     }
 }
 
-/// In a VM's process: ends it when the supervisor ends, however it ends.
+/// In a VM's process: ends it when the supervisor ends, however it ends,
+/// also if it ended before this process got here.
 pub fn die_with_parent() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes
     // only this process's own attribute.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let supervisor = std::env::var(SUPERVISOR_ENV).ok();
+    // SAFETY: getppid(2) has no arguments and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    if supervisor.is_some_and(|s| s != parent.to_string()) {
+        std::process::exit(1);
+    }
 }

@@ -45,17 +45,12 @@ const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_fdatasync,
     libc::SYS_ftruncate,
     libc::SYS_fallocate,
-    libc::SYS_unlink,
     libc::SYS_unlinkat,
-    libc::SYS_rename,
     libc::SYS_renameat,
     libc::SYS_renameat2,
-    libc::SYS_mkdir,
     libc::SYS_mkdirat,
     libc::SYS_getcwd,
-    libc::SYS_readlink,
     libc::SYS_readlinkat,
-    libc::SYS_access,
     libc::SYS_faccessat,
     libc::SYS_faccessat2,
     libc::SYS_getdents64,
@@ -84,6 +79,12 @@ const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_tgkill,
     libc::SYS_gettid,
     libc::SYS_getpid,
+    libc::SYS_getppid,
+    // SQLite (the state directory) fchowns its journal to the file's owner.
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
     libc::SYS_prctl,
     libc::SYS_sched_getaffinity,
     libc::SYS_sched_yield,
@@ -94,13 +95,11 @@ const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_restart_syscall,
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
-    libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_eventfd2,
     libc::SYS_timerfd_create,
     libc::SYS_timerfd_settime,
     libc::SYS_timerfd_gettime,
-    libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,
@@ -114,6 +113,23 @@ const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_getsockname,
     libc::SYS_getpeername,
 ];
+
+/// The older forms x86-64 still has (other architectures have only the
+/// `*at` and `p*` forms listed above).
+#[cfg(target_arch = "x86_64")]
+const LEGACY_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_unlink,
+    libc::SYS_rename,
+    libc::SYS_mkdir,
+    libc::SYS_access,
+    libc::SYS_readlink,
+    libc::SYS_poll,
+    libc::SYS_epoll_wait,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+];
+#[cfg(not(target_arch = "x86_64"))]
+const LEGACY_SYSCALLS: &[libc::c_long] = &[];
 
 /// `ioctl` requests beside the accel node's: non-blocking and close-on-exec
 /// flags the standard library sets with `ioctl`.
@@ -134,8 +150,11 @@ pub fn filter(mode: Mode) -> Result<Option<BpfProgram>, SandboxError> {
         Mode::Kill => SeccompAction::KillProcess,
         Mode::Log => SeccompAction::Log,
     };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        SYSCALLS.iter().map(|&nr| (nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = SYSCALLS
+        .iter()
+        .chain(LEGACY_SYSCALLS)
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
     let requests = GENERIC_IOCTLS
         .iter()
         .copied()
@@ -159,8 +178,18 @@ pub fn filter(mode: Mode) -> Result<Option<BpfProgram>, SandboxError> {
     Ok(Some(BpfProgram::try_from(f)?))
 }
 
-/// Installs the filter on every thread of the process.
+/// Installs the filter on every thread of the process. The process is
+/// made non-dumpable first: another VM's process (same user) cannot
+/// ptrace it or read its memory, which maps its VM's guest memory.
 pub fn apply(mode: Mode) -> Result<(), String> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes only this process's own
+    // attribute.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) } != 0 {
+        return Err(format!(
+            "PR_SET_DUMPABLE: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     match filter(mode).map_err(|e| e.to_string())? {
         Some(p) => seccompiler::apply_filter_all_threads(&p).map_err(|e| e.to_string()),
         None => Ok(()),

@@ -80,7 +80,23 @@ fn a_killed_vm_process_leaves_the_other_vm_serving_and_comes_back() {
     let dir = unique_dir();
     let (a, b): (PathBuf, PathBuf) = (dir.join("a.sock"), dir.join("b.sock"));
     let b_arg = b.to_str().unwrap().to_owned();
-    let d = DaemonProcess::start(BIN, &a, &["--socket-path", &b_arg, "--vm-processes"]);
+    // The state directory (SQLite) and the metrics port run under the
+    // filter too.
+    let state = dir.join("state");
+    let state_arg = state.to_str().unwrap().to_owned();
+    let mut d = DaemonProcess::start(
+        BIN,
+        &a,
+        &[
+            "--socket-path",
+            &b_arg,
+            "--vm-processes",
+            "--state-dir",
+            &state_arg,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    );
     virtio_accel_integration::daemon::wait_for_socket(&b);
     let pa = wait_vm_process(d.pid(), 0, None);
     let pb = wait_vm_process(d.pid(), 1, None);
@@ -108,4 +124,24 @@ fn a_killed_vm_process_leaves_the_other_vm_serving_and_comes_back() {
         Some(pb),
         "VM b's process was not touched"
     );
+    assert!(
+        std::fs::read_dir(&state).unwrap().count() >= 2,
+        "each VM's process keeps its state"
+    );
+
+    // SIGTERM to the supervisor ends the VMs' processes, then itself.
+    drop((ga, gb));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(d.wait_exit(Duration::from_secs(20)), "the supervisor ended");
+    for p in [pb, pa2] {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "VM process {p} still runs: {stat}"
+        );
+    }
 }

@@ -9,7 +9,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use virtio_accel_guest::accel::{sync_file_status, Accel, Bo, JobBo};
@@ -62,6 +61,10 @@ enum Msg {
 /// Epoll data of the stop eventfd; job ids are the caller's and never this.
 const STOP: u64 = u64::MAX;
 
+/// A wait for a fence with no end (in ms, far from overflowing the
+/// nanosecond deadline it becomes).
+const FOREVER_MS: i64 = i64::MAX / 4_000_000;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -69,7 +72,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) struct Engine {
     shared: Arc<Shared>,
     tx: Mutex<Sender<Msg>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -89,17 +91,16 @@ impl Engine {
         )?;
         let (tx, rx) = mpsc::channel();
         let s = shared.clone();
-        let submitter = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("accel-submit".into())
             .spawn(move || submitter(&s, &rx))?;
         let s = shared.clone();
-        let waiter = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("accel-fences".into())
             .spawn(move || waiter(&s))?;
         Ok(Engine {
             shared,
             tx: Mutex::new(tx),
-            threads: Mutex::new(vec![submitter, waiter]),
         })
     }
 
@@ -127,12 +128,17 @@ impl Engine {
         out.append(&mut lock(&self.shared.done));
     }
 
+    /// Ends both threads once they are free: neither is joined, since the
+    /// submitter may wait in a host driver that throttles it.
     pub(super) fn shutdown(&self) {
         let _ = lock(&self.tx).send(Msg::Stop);
         let _ = self.shared.stop.write(1);
-        for t in lock(&self.threads).drain(..) {
-            let _ = t.join();
-        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -188,7 +194,7 @@ fn submitter(s: &Shared, rx: &Receiver<Msg>) {
                         tracing::error!("job {id}: polling its fence: {e}");
                         // Its end cannot be learned: wait for it here, so
                         // nothing writes after the report.
-                        let _ = r.node.syncobj_wait(&[r.syncobj], i64::MAX / 2_000_000);
+                        let _ = r.node.syncobj_wait(&[r.syncobj], FOREVER_MS);
                         finish(s, id, r);
                     }
                 }
@@ -266,11 +272,21 @@ pub(super) fn outcome(status: JobStatus) -> Outcome {
 fn finish(s: &Shared, id: JobId, r: Running) {
     let result = match sync_file_status(r.sync.as_fd()) {
         Ok(Some(st)) => outcome(st),
-        Ok(None) => Outcome::Failed("the fence was reported before it signalled".into()),
-        Err(e) => Outcome::Lost {
-            reason: LostReason::DeviceError,
-            why: format!("reading the job's fence: {e}"),
-        },
+        Ok(None) => {
+            // Not ended after all: it is waited for, not reported.
+            let _ = r.node.syncobj_wait(&[r.syncobj], FOREVER_MS);
+            match r.node.job_status(r.syncobj) {
+                Ok(st) => outcome(st),
+                Err(e) => Outcome::Failed(format!("the job's fence: {e}")),
+            }
+        }
+        Err(e) => {
+            // Its status is unknown, its end is not: the fence was ready.
+            Outcome::Lost {
+                reason: LostReason::DeviceError,
+                why: format!("reading the job's fence: {e}"),
+            }
+        }
     };
     let _ = r.node.syncobj_destroy(r.syncobj);
     let _ = r.node.bo_close(r.cmd);

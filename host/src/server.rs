@@ -180,6 +180,10 @@ impl<B: Backend> Server<B> {
             )) => tracing::info!("{}: VM disconnected", path.display()),
             Err(e) => tracing::warn!("{}: connection ended: {e}", path.display()),
         }
+        // Dropping the daemon joins its vring threads.
+        drop(handlers);
+        drop(daemon);
+        handle.0.close_exit_fds();
         Ok(())
     }
 

@@ -16,6 +16,7 @@ mod transfer;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -121,6 +122,10 @@ struct Inner<B: Backend> {
     persist: Option<Mutex<Persist>>,
     /// Bytes the ring code copied to and from guest memory.
     ring_stats: RingStats,
+    /// The exit-event consumers given to the library's vring threads.
+    /// vhost-user-backend 0.24 registers each with `into_raw_fd()` and
+    /// never closes it: one eventfd per connection would leak.
+    exit_fds: Mutex<Vec<RawFd>>,
 }
 
 /// Locks a mutex the VM owns; a poisoned one means the VM is broken.
@@ -190,11 +195,25 @@ impl<B: Backend> AccelBackend<B> {
                 pending: Mutex::new(pending),
                 persist: persist.map(Mutex::new),
                 ring_stats: RingStats::default(),
+                exit_fds: Mutex::new(Vec::new()),
             }),
         })
     }
 
     /// Gives the glue the rings the library made (see [`crate::vring`]).
+    /// Closes the exit-event consumers the library leaked, once the
+    /// daemon that used them is gone (its vring threads joined).
+    pub fn close_exit_fds(&self) {
+        if let Ok(mut fds) = lock(&self.inner.exit_fds) {
+            for fd in fds.drain(..) {
+                // SAFETY: the library took this eventfd with into_raw_fd()
+                // and never closes it; its epoll and threads ended with the
+                // daemon, so nothing uses the fd and nothing else closes it.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+
     pub fn set_vrings(&self, vrings: Vec<Vring>) {
         let _ = self.inner.vrings.set(vrings);
     }
@@ -427,7 +446,11 @@ impl<B: Backend> VhostUserBackend for AccelBackend<B> {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+        if let Ok(mut fds) = lock(&self.inner.exit_fds) {
+            fds.push(consumer.as_raw_fd());
+        }
+        Some((consumer, notifier))
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

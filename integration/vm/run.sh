@@ -5,7 +5,7 @@
 # accel-run (workloads checked against a CPU reference), SqueezeNet through
 # `accel-run --model` against ONNX Runtime's output (model.sh), and libdrm's
 # drmGetVersion(), reloads the driver, then removes the device under running
-# jobs and unloads the driver. Four more guests, each on its own daemon:
+# jobs and unloads the driver. Five more guests, each on its own daemon:
 # one whose jobs hang (their contexts are reported lost, others' files go
 # on) and whose NPU fails as a whole (the driver resets the device itself);
 # one running hostile userspace (vaccel-test hostile) against a daemon with
@@ -13,7 +13,9 @@
 # killed when the guest asks on its console (vaccel-test lifecycle); one
 # whose jobs take a second each, stopped and continued by QEMU's monitor
 # (QMP) under running jobs, then unbound and removed under a running job
-# with a canary buffer (pause). PASS only if every check passed in every
+# with a canary buffer (pause); one that runs vhost-device-accel --driver
+# accel on its own node and serves two VMs nested in it with the harness
+# (passthrough: accel-passthrough). PASS only if every check passed in every
 # guest. qemu-reconnect.sh then shows, for information, that QEMU cannot
 # take a backend restart.
 #
@@ -21,7 +23,7 @@
 # and include/), e.g. an older version, to see the checks fail.
 # VACCEL_DAEMON runs another vhost-device-accel binary (an older build, to
 # see the checks fail). VACCEL_VM_ONLY="NAME..." boots only these guests
-# (side, hang, hostile, lifecycle, pause, reconnect). VACCEL_PAUSE_ROUNDS
+# (side, hang, hostile, lifecycle, pause, reconnect, passthrough). VACCEL_PAUSE_ROUNDS
 # sets how often the pause guest is stopped and continued (default 3).
 #
 # Needs root on Debian (bookworm or later) with a Rust toolchain. Downloads
@@ -35,7 +37,7 @@ VMS=${VACCEL_VMS:-2}
 TIMEOUT=${VACCEL_VM_TIMEOUT:-300}
 DRV=${VACCEL_DRIVER_DIR:-$TOP/guest-shim/linux}
 BIN=${VACCEL_DAEMON:-$TOP/target/release/vhost-device-accel}
-ONLY=${VACCEL_VM_ONLY:-side hang hostile lifecycle pause reconnect}
+ONLY=${VACCEL_VM_ONLY:-side hang hostile lifecycle pause reconnect passthrough}
 ROUNDS=${VACCEL_PAUSE_ROUNDS:-3}
 QMP=$TOP/target/release/vaccel-qmp
 R=$CACHE/root
@@ -49,7 +51,8 @@ K=$CACHE/kernel-$KVER
 
 mount -t proc proc "$R/proc" 2>/dev/null || true
 cleanup() {
-    for d in ${DAEMON:-} ${HANG_DAEMON:-} ${HOSTILE_DAEMON:-} ${LIFE_DAEMON:-} ${PAUSE_DAEMON:-}; do
+    for d in ${DAEMON:-} ${HANG_DAEMON:-} ${HOSTILE_DAEMON:-} ${LIFE_DAEMON:-} ${PAUSE_DAEMON:-} \
+        ${PASS_DAEMON:-}; do
         kill -CONT "$d" 2>/dev/null || true
         kill "$d" 2>/dev/null || true
     done
@@ -104,7 +107,11 @@ log "building the daemon, the test tools and the static guest tools"
 (cd "$TOP" && RUSTFLAGS='-C target-feature=+crt-static' cargo build -q --release \
     --target x86_64-unknown-linux-gnu -p virtio-accel-guest --bins)
 (cd "$TOP" && RUSTFLAGS='-C target-feature=+crt-static' cargo build -q --release \
-    --target x86_64-unknown-linux-gnu -p virtio-accel-integration --bin accel-forward-check)
+    --target x86_64-unknown-linux-gnu -p virtio-accel-integration --bin accel-forward-check \
+    --bin accel-passthrough)
+# The daemon itself, for the passthrough guest (it serves VMs nested in it).
+(cd "$TOP" && RUSTFLAGS='-C target-feature=+crt-static' cargo build -q --release \
+    --target x86_64-unknown-linux-gnu -p vhost-device-accel)
 
 log "building the initramfs"
 S=$R/tmp/stage; I=$R/tmp/initramfs
@@ -119,7 +126,7 @@ mkdir -p "$I/bin" "$I/lib" "$I/proc" "$I/sys" "$I/dev" "$I/tmp"
 cp "$CACHE/tools/usr/bin/busybox" "$I/bin/"
 cp "$HERE/init" "$I/init"
 chmod +x "$I/init"
-for t in accel-info accel-run accel-forward-check; do
+for t in accel-info accel-run accel-forward-check accel-passthrough vhost-device-accel; do
     cp "$TOP/target/x86_64-unknown-linux-gnu/release/$t" "$I/bin/"
 done
 cp "$B/drm-version" "$B/vaccel-test" "$I/bin/"
@@ -189,8 +196,15 @@ LIFE_DAEMON=$!
 "$BIN" --vm socket="$R/tmp/accel-pause.sock",name=pause --latency-us 1000000 \
     --metrics-addr 127.0.0.1:0 >"$CACHE/daemon-pause.log" 2>&1 &
 PAUSE_DAEMON=$!
+# The passthrough guest's daemon: the 10th job it sees hangs (the guest's
+# check runs 9 before it) and is lost after a second.
+rm -f "$R/tmp/accel-pass.sock"
+echo "job_timeout_ms = 1000" >"$CACHE/pass.toml"
+"$BIN" --socket-path "$R/tmp/accel-pass.sock" --hang-jobs 10 --config "$CACHE/pass.toml" \
+    >"$CACHE/daemon-pass.log" 2>&1 &
+PASS_DAEMON=$!
 for s in "${socks[@]}" "$R/tmp/accel-hang.sock" "$R/tmp/accel-hostile.sock" \
-    "$R/tmp/accel-life.sock" "$R/tmp/accel-pause.sock"; do
+    "$R/tmp/accel-life.sock" "$R/tmp/accel-pause.sock" "$R/tmp/accel-pass.sock"; do
     for _ in $(seq 200); do [ -S "$s" ] && break; sleep 0.05; done
 done
 PAUSE_PORT=$(sed -n 's|.*metrics on http://127.0.0.1:\([0-9]*\)/metrics.*|\1|p' "$CACHE/daemon-pause.log")
@@ -327,6 +341,15 @@ if want lifecycle; then
 fi
 for p in "${pids[@]}"; do wait "$p" || true; done
 
+# Phase 3: the accel backend nested: the passthrough guest serves VMs of
+# its own from its node (alone: it runs a daemon and two harness VMs on one
+# vCPU).
+if want passthrough; then
+    log "booting the passthrough guest"
+    boot guest-passthrough /tmp/accel-pass.sock vaccel_test=passthrough 1G || true
+fi
+kill "$PASS_DAEMON" 2>/dev/null || true
+
 fail=0
 # The guest's log and the host's checks of it (a .host file only some
 # guests have), read once: under pipefail, neither a missing file nor a
@@ -336,7 +359,7 @@ verdict() { # verdict NAME EXPECTED-PASSES
     local all n_pass
     all=$(cat "$g" "$g.host" 2>/dev/null | tr -d '\r' || true)
     echo "--- $1"
-    grep -E '^(CHECK|  |accel-run:|accel-info:|accel-forward-check:|libdrm|npu:|driver:|inflight:|pipeline:)' \
+    grep -E '^(CHECK|  |accel-run:|accel-info:|accel-forward-check:|passthrough:|libdrm|npu:|driver:|inflight:|pipeline:)' \
         <<<"$all" || true
     n_pass=$(grep -c '^CHECK .* PASS' <<<"$all" || true)
     if grep -q '^CHECK .* FAIL' <<<"$all" || [ "$n_pass" -lt "$2" ] ||
@@ -350,6 +373,7 @@ if want side; then for i in $(seq 0 $((VMS - 1))); do verdict "guest$i" 10; done
 if want hang; then verdict guest-hang 8; fi
 if want hostile; then verdict guest-hostile 19; fi
 if want lifecycle; then verdict guest-lifecycle 9; fi
+if want passthrough; then verdict guest-passthrough 3; fi
 if want pause; then verdict guest-pause $((ROUNDS > 0 ? 8 : 6)); fi
 if want reconnect; then
     echo "--- QEMU and a backend restart (informational, not a check)"

@@ -82,11 +82,18 @@ pub(super) fn lower_node(l: &mut Lower<'_>) -> Result<(), ModelError> {
                                 Ok(node.float(attr, d))
                             }
                         };
+                    let min = bound(l, 1, "min", f32::NEG_INFINITY)?;
+                    let max = bound(l, 2, "max", f32::INFINITY)?;
+                    // The NPU refuses these (appendix A): refused here,
+                    // naming the node, not at SUBMIT.
+                    if min.is_nan() || max.is_nan() || min > max {
+                        return Err(l.err("clip bounds are NaN or min > max"));
+                    }
                     OpDesc::Clip {
                         input,
                         out: o,
-                        min: bound(l, 1, "min", f32::NEG_INFINITY)?,
-                        max: bound(l, 2, "max", f32::INFINITY)?,
+                        min,
+                        max,
                     }
                 }
             };

@@ -403,6 +403,11 @@ pub fn sync_file_status(sync: BorrowedFd<'_>) -> io::Result<Option<JobStatus>> {
     })
 }
 
+// SAFETY: a Mapping owns its range of the address space and hands out
+// only copies through &self/&mut self; using it from another thread is
+// as safe as from this one.
+unsafe impl Send for Mapping {}
+
 impl Mapping {
     pub fn len(&self) -> usize {
         self.len

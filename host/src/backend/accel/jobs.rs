@@ -11,26 +11,45 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use virtio_accel_guest::accel::{sync_file_status, Accel, Bo, JobBo};
+use virtio_accel_guest::accel::{sync_file_status, Accel, Bo, JobBo, Mapping};
 use virtio_accel_guest::job::JobStatus;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::backend::{Completion, JobId, LostReason, Outcome};
 
-/// A job ready for the host driver: its context's node, its buffers (the
-/// context's GEM handles with their access) and its command stream.
+/// A job ready for the host driver: its context's node and command
+/// buffers, its buffers (the context's GEM handles with their access) and
+/// its command stream.
 pub struct AccelJob {
     pub(super) node: Arc<Accel>,
+    pub(super) slots: Slots,
     pub(super) bos: Vec<JobBo>,
     pub(super) cmd: Vec<u8>,
 }
 
+/// A context's command buffers and out-syncobjs kept between jobs: a job
+/// then costs the host driver a copy, its submit and a fence export, not
+/// a buffer and a syncobj made, mapped and destroyed. The kernel frees
+/// them with the context's file.
+pub type Slots = Arc<Mutex<Vec<Slot>>>;
+
+/// A command buffer, mapped, and a syncobj for a job's out-fence.
+pub struct Slot {
+    cmd: Bo,
+    map: Mapping,
+    syncobj: u32,
+}
+
+/// The smallest command buffer made (streams are rounded up to this, then
+/// to a power of two, so that a slot serves the context's next jobs).
+const MIN_CMD: u64 = 64 << 10;
+
 /// A job the host driver holds.
 struct Running {
     node: Arc<Accel>,
-    cmd: Bo,
-    syncobj: u32,
+    slots: Slots,
+    slot: Slot,
     sync: OwnedFd,
     start: Instant,
 }
@@ -172,14 +191,14 @@ fn submitter(s: &Shared, rx: &Receiver<Msg>) {
         }
         let start = Instant::now();
         match start_job(&job) {
-            Ok((cmd, syncobj, sync)) => {
+            Ok((slot, sync)) => {
                 let fd = sync.as_raw_fd();
                 lock(&s.running).insert(
                     id,
                     Running {
                         node: job.node,
-                        cmd,
-                        syncobj,
+                        slots: job.slots,
+                        slot,
                         sync,
                         start,
                     },
@@ -194,7 +213,7 @@ fn submitter(s: &Shared, rx: &Receiver<Msg>) {
                         tracing::error!("job {id}: polling its fence: {e}");
                         // Its end cannot be learned: wait for it here, so
                         // nothing writes after the report.
-                        let _ = r.node.syncobj_wait(&[r.syncobj], FOREVER_MS);
+                        let _ = r.node.syncobj_wait(&[r.slot.syncobj], FOREVER_MS);
                         finish(s, id, r);
                     }
                 }
@@ -207,33 +226,54 @@ fn submitter(s: &Shared, rx: &Receiver<Msg>) {
     }
 }
 
-/// Writes the command stream into a buffer of the context and submits the
-/// job; its out-fence comes back as a sync_file. Undoes what it did on
-/// failure.
-fn start_job(job: &AccelJob) -> io::Result<(Bo, u32, OwnedFd)> {
+/// A slot of the context whose buffer holds `len` bytes: a kept one, or
+/// a new one.
+fn slot(job: &AccelJob, len: u64) -> io::Result<Slot> {
+    let kept = {
+        let mut slots = lock(&job.slots);
+        let i = slots.iter().position(|s| s.map.len() as u64 >= len);
+        i.map(|i| slots.swap_remove(i))
+    };
+    if let Some(s) = kept {
+        return Ok(s);
+    }
     let n = &job.node;
-    let len =
-        u32::try_from(job.cmd.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
-    let cmd = n.bo_create(u64::from(len))?;
-    let fenced = (|| {
-        n.map(cmd)?.write(0, &job.cmd);
-        let syncobj = n.syncobj_create()?;
-        let sync = n
-            .submit(&job.bos, cmd, 0, len, &[], syncobj)
-            .and_then(|()| n.sync_file(syncobj));
-        match sync {
-            Ok(sync) => Ok((syncobj, sync)),
-            Err(e) => {
-                let _ = n.syncobj_destroy(syncobj);
-                Err(e)
-            }
-        }
-    })();
-    match fenced {
-        Ok((syncobj, sync)) => Ok((cmd, syncobj, sync)),
+    let size = len.max(MIN_CMD).next_power_of_two();
+    let cmd = n.bo_create(size)?;
+    let made = n.map(cmd).and_then(|map| Ok((map, n.syncobj_create()?)));
+    match made {
+        Ok((map, syncobj)) => Ok(Slot { cmd, map, syncobj }),
         Err(e) => {
             let _ = n.bo_close(cmd);
             Err(e)
+        }
+    }
+}
+
+/// Writes the command stream into a command buffer of the context and
+/// submits the job; its out-fence comes back as a sync_file. A job the
+/// driver took is never given up before it ended.
+fn start_job(job: &AccelJob) -> io::Result<(Slot, OwnedFd)> {
+    let n = &job.node;
+    let len =
+        u32::try_from(job.cmd.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let mut slot = slot(job, u64::from(len))?;
+    slot.map.write(0, &job.cmd);
+    if let Err(e) = n.submit(&job.bos, slot.cmd, 0, len, &[], slot.syncobj) {
+        lock(&job.slots).push(slot);
+        return Err(e);
+    }
+    // Submitted: from here the job runs, and its buffers are the NPU's
+    // until its fence signals.
+    match n.sync_file(slot.syncobj) {
+        Ok(sync) => Ok((slot, sync)),
+        Err(e) => {
+            tracing::error!("a job's fence cannot be polled ({e}); waiting for it here");
+            let _ = n.syncobj_wait(&[slot.syncobj], FOREVER_MS);
+            lock(&job.slots).push(slot);
+            Err(io::Error::other(format!(
+                "its fence could not be polled: {e}"
+            )))
         }
     }
 }
@@ -274,8 +314,8 @@ fn finish(s: &Shared, id: JobId, r: Running) {
         Ok(Some(st)) => outcome(st),
         Ok(None) => {
             // Not ended after all: it is waited for, not reported.
-            let _ = r.node.syncobj_wait(&[r.syncobj], FOREVER_MS);
-            match r.node.job_status(r.syncobj) {
+            let _ = r.node.syncobj_wait(&[r.slot.syncobj], FOREVER_MS);
+            match r.node.job_status(r.slot.syncobj) {
                 Ok(st) => outcome(st),
                 Err(e) => Outcome::Failed(format!("the job's fence: {e}")),
             }
@@ -288,8 +328,8 @@ fn finish(s: &Shared, id: JobId, r: Running) {
             }
         }
     };
-    let _ = r.node.syncobj_destroy(r.syncobj);
-    let _ = r.node.bo_close(r.cmd);
+    // The job has ended: its command buffer and syncobj serve the next.
+    lock(&r.slots).push(r.slot);
     s.complete(id, result, Some(r.start));
 }
 

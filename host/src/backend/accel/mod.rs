@@ -61,6 +61,7 @@ pub struct AccelNpu {
 /// A guest context: the node opened for it alone.
 pub struct AccelContext {
     node: Arc<Accel>,
+    slots: jobs::Slots,
 }
 
 /// A guest buffer imported into its context's file.
@@ -144,6 +145,7 @@ impl Backend for AccelNpu {
         })?;
         Ok(AccelContext {
             node: Arc::new(node),
+            slots: jobs::Slots::default(),
         })
     }
 
@@ -210,6 +212,7 @@ impl Backend for AccelNpu {
             work_bytes: 0,
             job: AccelJob {
                 node: ctx.node.clone(),
+                slots: ctx.slots.clone(),
                 // VIRTIO_ACCEL_ACCESS_* and DRM_VACCEL_BO_* are the same
                 // bits.
                 bos: bos

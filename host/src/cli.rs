@@ -195,15 +195,9 @@ fn serve<B: Backend>(
             }
         }
     }
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
+    let mut signals = match processes::stop_signals() {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("vhost-device-accel: signals: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     // Every socket is bound before a VM's process locks itself down.
     let mut listeners = Vec::new();

@@ -40,18 +40,22 @@ fn start(args: &[OsString], i: usize) -> std::io::Result<Child> {
         .spawn()
 }
 
+/// SIGINT and SIGTERM, which stop the daemon (a VM's process or the
+/// supervisor); the error is said and is the exit status.
+pub fn stop_signals() -> Result<signal_hook::iterator::Signals, ExitCode> {
+    signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .map_err(|e| {
+            eprintln!("vhost-device-accel: signals: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 /// Starts one process per VM with the daemon's own arguments `args` and
 /// keeps them running until SIGINT or SIGTERM, then stops them.
 pub fn supervise(args: &[OsString], vms: &[VmConfig]) -> ExitCode {
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
+    let mut signals = match stop_signals() {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("vhost-device-accel: signals: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let mut procs = Vec::new();
     for (i, vm) in vms.iter().enumerate() {

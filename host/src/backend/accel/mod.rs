@@ -29,7 +29,7 @@ use virtio_accel_protocol::snpu;
 use virtio_accel_protocol::VIRTIO_ACCEL_CMD_FORMAT_SNPU;
 use vm_memory::GuestAddressSpace;
 
-use super::sim::SNPU_IOCTL_GET_STATS;
+use super::sim::{check_ioctl, SNPU_STATS_LEN};
 use super::{Backend, BackendError, Caps, Completion, Imported, IoctlError, JobId, Prepared};
 use crate::memory::{Backing, VmMemory};
 use jobs::{AccelJob, Engine};
@@ -251,24 +251,10 @@ impl Backend for AccelNpu {
         input: &[u8],
         out_max: usize,
     ) -> Result<Vec<u8>, IoctlError> {
-        // The software NPU's one ioctl, as the NPU behind checks it.
-        if cmd != SNPU_IOCTL_GET_STATS {
-            return Err(IoctlError::Unsupported(cmd));
-        }
-        if !input.is_empty() {
-            return Err(IoctlError::Invalid {
-                cmd,
-                why: "takes no input",
-            });
-        }
-        if out_max < 32 {
-            return Err(IoctlError::Invalid {
-                cmd,
-                why: "needs 32 bytes of output",
-            });
-        }
+        // The software NPU's allowlist, as the NPU behind checks it.
+        check_ioctl(cmd, input, out_max)?;
         ctx.node
-            .npu_ioctl(cmd, &[], 32)
+            .npu_ioctl(cmd, &[], SNPU_STATS_LEN)
             .map_err(|e| IoctlError::Host {
                 cmd,
                 errno: e.raw_os_error().unwrap_or(libc::EIO),

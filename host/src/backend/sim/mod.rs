@@ -24,6 +24,30 @@ pub use exec::{requantize, Exec, Progress, Tile};
 
 /// `SNPU_IOCTL_GET_STATS`: the calling context's counters, 4 × le64.
 pub const SNPU_IOCTL_GET_STATS: u32 = 1;
+/// The answer of [`SNPU_IOCTL_GET_STATS`]: four le64 counters.
+pub const SNPU_STATS_LEN: usize = 32;
+
+/// The software NPU's ioctl allowlist (spec 6.5): `GET_STATS`, with no
+/// input and room for its answer. Also what a device forwarding to a
+/// virtio-accel node checks before the node's device sees the request.
+pub fn check_ioctl(cmd: u32, input: &[u8], out_max: usize) -> Result<(), IoctlError> {
+    if cmd != SNPU_IOCTL_GET_STATS {
+        return Err(IoctlError::Unsupported(cmd));
+    }
+    if !input.is_empty() {
+        return Err(IoctlError::Invalid {
+            cmd,
+            why: "takes no input",
+        });
+    }
+    if out_max < SNPU_STATS_LEN {
+        return Err(IoctlError::Invalid {
+            cmd,
+            why: "needs 32 bytes of output",
+        });
+    }
+    Ok(())
+}
 
 /// Faults the software NPU injects, counted over all jobs it runs (1-based).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -294,33 +318,17 @@ impl Backend for SimNpu {
         input: &[u8],
         out_max: usize,
     ) -> Result<Vec<u8>, IoctlError> {
-        match cmd {
-            SNPU_IOCTL_GET_STATS => {
-                if !input.is_empty() {
-                    return Err(IoctlError::Invalid {
-                        cmd,
-                        why: "takes no input",
-                    });
-                }
-                if out_max < 32 {
-                    return Err(IoctlError::Invalid {
-                        cmd,
-                        why: "needs 32 bytes of output",
-                    });
-                }
-                let mut out = Vec::with_capacity(32);
-                for v in [
-                    &ctx.jobs_completed,
-                    &ctx.jobs_failed,
-                    &ctx.device_time_ns,
-                    &ctx.ops_executed,
-                ] {
-                    out.extend_from_slice(&v.load(Ordering::Relaxed).to_le_bytes());
-                }
-                Ok(out)
-            }
-            _ => Err(IoctlError::Unsupported(cmd)),
+        check_ioctl(cmd, input, out_max)?;
+        let mut out = Vec::with_capacity(SNPU_STATS_LEN);
+        for v in [
+            &ctx.jobs_completed,
+            &ctx.jobs_failed,
+            &ctx.device_time_ns,
+            &ctx.ops_executed,
+        ] {
+            out.extend_from_slice(&v.load(Ordering::Relaxed).to_le_bytes());
         }
+        Ok(out)
     }
 
     fn shutdown(&self) {
